@@ -1,0 +1,1 @@
+"""Everything Ray: sweep driver, Train worker, callbacks, W&B, report, CLI."""

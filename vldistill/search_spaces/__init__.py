@@ -1,0 +1,1 @@
+"""YAML search spaces shipped with vldistill, and their loader/validator."""

@@ -1,0 +1,290 @@
+"""Typed, frozen configuration of one distillation trial.
+
+Hydra composes YAML (``vldistill/conf``) into a plain dict; :func:`from_dict` turns that
+dict into these dataclasses and is the single place where config is validated: an
+unknown key or a wrong type raises :class:`ConfigError` naming the dotted key and the
+valid options. Only plain dicts cross into Ray; workers call :func:`from_dict` again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the dotted key."""
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The embedded procedural world (used when ``data.source == "world"``)."""
+
+    seed: int = 0
+    image_size: int = 32
+    per_class: int = 300  # images per class in the training domain (split train/val)
+    shift_per_class: int = 150  # images per class in every shifted domain
+    train_domain: str = "photo"
+    semantic_shape: str = "star"
+    semantic_colour: str = "magenta"
+    n_compositional: int = 7
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how they are split.
+
+    ``source: world`` writes (once, cached) the embedded world as an image folder and reads
+    it back; ``source: folder`` reads ``root`` laid out as ``<domain>/<class>/<image>`` with
+    ``classes.json`` (base/novel lists) and optional ``attributes.json``.
+    """
+
+    source: str = "world"  # world | folder
+    root: Optional[str] = None  # folder datasets (and an explicit world location)
+    train_domain: str = "photo"
+    shift_domains: Optional[list[str]] = None  # None: every other domain folder
+    image_size: int = 32  # images are decoded and resized to this (the loader's size)
+    train_fraction: float = 0.7  # base-class images of the training domain used for training
+    images_per_class: int = 40  # cap on student training images per base class (0 = all)
+    split_seed: int = 0
+    max_eval_per_class: int = 0  # 0 = every held-out image
+    world: WorldConfig = field(default_factory=WorldConfig)
+
+
+@dataclass(frozen=True)
+class EmbeddedTeacherConfig:
+    """Recipe of the embedded teacher (trained once, cached by this config + the world)."""
+
+    model: str = "vldistill-rn10t-tiny"  # open_clip model config shipped in trainers/model_configs
+    per_class: int = 80  # pre-training images per class and domain
+    steps: int = 600
+    batch_size: int = 128
+    lr: float = 1.0e-3
+    weight_decay: float = 0.1
+    warmup: int = 50
+    aux_weight: float = 1.0  # cross-entropy of linear shape/colour heads on pooled features
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """A frozen open_clip teacher: ``embedded`` or any open_clip model name."""
+
+    name: str = "embedded"
+    pretrained: Optional[str] = None  # open_clip tag, or a local checkpoint file
+    embedded: EmbeddedTeacherConfig = field(default_factory=EmbeddedTeacherConfig)
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """A timm image model plus a projection head to the teacher's embedding dimension."""
+
+    name: str = "resnet18"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
+    image_size: int = 32  # the student's own input resolution
+    mean: Optional[list[float]] = None  # None: timm's default for the model
+    std: Optional[list[float]] = None
+    head: str = "linear"  # linear | mlp
+    pretrained: bool = False
+
+
+@dataclass(frozen=True)
+class ClsConfig:
+    tau: float = 0.07
+
+
+@dataclass(frozen=True)
+class ImCstConfig:
+    tau: float = 0.07
+
+
+@dataclass(frozen=True)
+class VLProxConfig:
+    k: int = 256
+    tau: float = 0.07
+    filter: bool = True
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """How class text embeddings are built (attribute sources grow in the methods issue)."""
+
+    template: str = "a photo of a {}."
+    vocabulary: bool = True  # vlprox: add the dataset's vocabulary.txt to the base prompts
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Which losses, with which weights; an ablation sets a weight to 0."""
+
+    name: str = "cls"
+    weights: dict[str, float] = field(default_factory=lambda: {"cls": 1.0})
+    cls: ClsConfig = field(default_factory=ClsConfig)
+    mse: dict[str, Any] = field(default_factory=dict)
+    im_cst: ImCstConfig = field(default_factory=ImCstConfig)
+    vlprox: VLProxConfig = field(default_factory=VLProxConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2.0e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    grad_clip: float = 5.0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Student views: replayable from (seed, epoch, index), see ``data/views.py``."""
+
+    scale_min: float = 0.6
+    translate: float = 0.1
+    flip: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 512
+    every: int = 1  # evaluate every N epochs (the last epoch always)
+    latency_iters: int = 30
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One trial."""
+
+    seed: int = 0
+    out_dir: Optional[str] = None
+    cache_dir: Optional[str] = None  # None: $VLDISTILL_CACHE or ~/.cache/vldistill
+    threads: int = 0  # torch intra-op threads (0: leave torch's default)
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----- dict <-> dataclass ------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _convert(vt, v, f"{key}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (et,) = typing.get_args(tp)
+        return [_convert(et, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys under "
+            f"'{prefix.rstrip('.') or '<root>'}': {', '.join(names)}")
+    kwargs = {k: _convert(hints[k], v, prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def from_dict(data: dict, cls: type = TrainConfig) -> Any:
+    """Build and validate a typed config from a plain dict (e.g. Hydra's resolved config).
+
+    Raises:
+        ConfigError: naming the first unknown key, wrong type or invalid value.
+    """
+    cfg = _build(cls, dict(data))
+    if isinstance(cfg, TrainConfig):
+        validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain-dict form (what crosses into Ray and what ``config.yaml`` holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Value checks beyond types (registries are checked where they live, see ``loop``)."""
+    _check(cfg.data.source in ("world", "folder"), "data.source",
+           f"must be 'world' or 'folder', got {cfg.data.source!r}")
+    _check(cfg.data.source == "world" or cfg.data.root is not None, "data.root",
+           "required when data.source is 'folder'")
+    _check(0 < cfg.data.train_fraction < 1, "data.train_fraction", "must be in (0, 1)")
+    _check(cfg.data.images_per_class >= 0, "data.images_per_class", "must be >= 0")
+    _check(cfg.data.image_size >= 8, "data.image_size", "must be >= 8")
+    _check(cfg.student.image_size >= 8, "student.image_size", "must be >= 8")
+    _check(cfg.student.head in ("linear", "mlp"), "student.head",
+           f"must be 'linear' or 'mlp', got {cfg.student.head!r}")
+    for key in ("mean", "std"):
+        v = getattr(cfg.student, key)
+        _check(v is None or len(v) == 3, f"student.{key}", "must have 3 values")
+    _check(cfg.optim.epochs >= 1, "optim.epochs", "must be >= 1")
+    _check(cfg.optim.batch_size >= 2, "optim.batch_size", "must be >= 2 (contrastive losses)")
+    _check(cfg.optim.lr > 0, "optim.lr", "must be > 0")
+    _check(cfg.eval.every >= 1, "eval.every", "must be >= 1")
+    _check(0 < cfg.augment.scale_min <= 1, "augment.scale_min", "must be in (0, 1]")
+    _check("{}" in cfg.distill.text.template, "distill.text.template",
+           "must contain '{}' where the class name goes")
+    for name, w in cfg.distill.weights.items():
+        _check(w >= 0, f"distill.weights.{name}", f"must be >= 0, got {w}")
+    _check(any(w > 0 for w in cfg.distill.weights.values()), "distill.weights",
+           "at least one loss needs a weight > 0")
+    e = cfg.teacher.embedded
+    _check(e.steps >= 1 and e.batch_size >= 2, "teacher.embedded", "steps >= 1, batch_size >= 2")

@@ -1,0 +1,1 @@
+"""Datasets: the embedded procedural world, image folders, splits and views."""

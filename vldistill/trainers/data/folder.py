@@ -1,0 +1,220 @@
+"""Image-folder datasets with base / novel class lists and domain folders.
+
+The one loader for real data *and* the embedded world (which is written in this layout)::
+
+    root/
+      classes.json          {"base": [...], "novel": [...],
+                             "novel_kinds": {"compositional": [...], ...},   (optional)
+                             "names": {folder: "display name"}}              (optional)
+      attributes.json       class folder -> list of sentences                (optional)
+      vocabulary.txt        extra prompts for vlprox, one per line           (optional)
+      <domain>/<class>/*.png|jpg|jpeg|bmp|webp
+
+Images are decoded once, resized to ``data.image_size`` and held in memory as ``uint8``
+(``[N, 3, H, W]``): datasets of this platform's demo and of P1's mid-size setting fit;
+streaming very large datasets is not supported yet. Every problem with the files raises
+:class:`DataError` naming the file or class.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class DataError(ValueError):
+    """A dataset file or class is missing, empty, inconsistent or unreadable."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset root declares: classes, splits, domains and text files."""
+
+    root: Path
+    base: list[str]
+    novel: list[str]
+    novel_kinds: dict[str, list[str]]
+    names: dict[str, str]
+    domains: list[str]
+    train_domain: str
+    attributes: dict = field(default_factory=dict)  # class -> {attr: value}, optional
+
+    def name(self, folder: str) -> str:
+        return self.names.get(folder, folder.replace("_", " "))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"missing file: {path}") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_dataset(root: str | Path, train_domain: str) -> DatasetInfo:
+    """Read and check ``classes.json`` against the folders of ``root``.
+
+    Raises:
+        DataError: missing/invalid ``classes.json``, overlapping base and novel lists, a
+            listed class with no folder or no image in the training domain.
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"data.root: not a directory: {root}")
+    spec = _read_json(root / "classes.json")
+    for key in ("base", "novel"):
+        if not isinstance(spec.get(key), list) or not spec[key]:
+            raise DataError(f"{root / 'classes.json'}: '{key}' must be a non-empty list of class folders")
+    base, novel = list(spec["base"]), list(spec["novel"])
+    both = sorted(set(base) & set(novel))
+    if both:
+        raise DataError(f"{root / 'classes.json'}: classes in both base and novel: {both}")
+    domains = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if train_domain not in domains:
+        raise DataError(f"data.train_domain={train_domain!r}: no folder {root / train_domain} "
+                        f"(domain folders: {domains})")
+    folders = {p.name for p in (root / train_domain).iterdir() if p.is_dir()}
+    for cls in base + novel:
+        if cls not in folders:
+            raise DataError(f"class {cls!r} is listed in {root / 'classes.json'} but "
+                            f"{root / train_domain / cls} does not exist")
+        if not list_images(root / train_domain / cls):
+            raise DataError(f"class folder {root / train_domain / cls} has no images")
+    kinds = spec.get("novel_kinds") or {}
+    for kind, members in kinds.items():
+        extra = sorted(set(members) - set(novel))
+        if extra:
+            raise DataError(f"{root / 'classes.json'}: novel_kinds.{kind} lists non-novel classes {extra}")
+    return DatasetInfo(root, base, novel, {k: list(v) for k, v in kinds.items()},
+                       dict(spec.get("names") or {}), domains, train_domain,
+                       dict(spec.get("attributes") or {}))
+
+
+def list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_images(paths: Sequence[Path], size: int, progress: bool = False,
+                desc: str = "loading images") -> torch.Tensor:
+    """Decode, convert to RGB and resize (bicubic) to ``size`` x ``size``.
+
+    Returns:
+        ``uint8 [N, 3, size, size]``.
+
+    Raises:
+        DataError: naming the first file that cannot be decoded.
+    """
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, p in enumerate(tqdm(paths, desc=desc, disable=not progress, leave=False)):
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BICUBIC)
+                out[i] = np.asarray(im)
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise DataError(f"cannot read image {p}: {e}") from None
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class LabelledImages:
+    """Images (``uint8 [N, 3, H, W]``) with labels indexing a class list."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Splits:
+    """Everything a trial trains and evaluates on."""
+
+    info: DatasetInfo
+    train: LabelledImages  # base classes, training domain, <= images_per_class each
+    val_base: LabelledImages  # held-out base images, training domain
+    novel: LabelledImages  # every novel image, training domain
+    shift: dict[str, LabelledImages]  # base classes in each shifted domain
+    train_paths: list[Path] = field(default_factory=list)
+
+
+def _cap(paths: list[Path], n: int) -> list[Path]:
+    return paths if n <= 0 else paths[:n]
+
+
+def build_splits(info: DatasetInfo, image_size: int, train_fraction: float,
+                 images_per_class: int, split_seed: int, shift_domains: Sequence[str] | None,
+                 max_eval_per_class: int = 0, progress: bool = True) -> Splits:
+    """Split base-class images of the training domain into train/val and load every set.
+
+    The split is a seeded shuffle per class (``split_seed``), independent of the trial seed,
+    so every trial of a sweep sees the same held-out images.
+    """
+    train_domain = info.train_domain
+    domains = list(shift_domains) if shift_domains is not None else [
+        d for d in info.domains if d != train_domain]
+    for d in domains:
+        if d not in info.domains:
+            raise DataError(f"data.shift_domains: no folder {info.root / d} (domain folders: {info.domains})")
+    train_p, train_y, val_p, val_y = [], [], [], []
+    for k, cls in enumerate(info.base):
+        paths = list_images(info.root / train_domain / cls)
+        order = np.random.default_rng([split_seed, k]).permutation(len(paths))
+        paths = [paths[i] for i in order]
+        n_train = int(round(len(paths) * train_fraction))
+        if n_train < 1 or n_train >= len(paths):
+            raise DataError(f"class folder {info.root / train_domain / cls} has {len(paths)} images: "
+                            "too few to split into train and val")
+        tp = _cap(paths[:n_train], images_per_class)
+        vp = _cap(paths[n_train:], max_eval_per_class)
+        train_p += tp
+        train_y += [k] * len(tp)
+        val_p += vp
+        val_y += [k] * len(vp)
+    novel_p, novel_y = [], []
+    for k, cls in enumerate(info.novel):
+        ps = _cap(list_images(info.root / train_domain / cls), max_eval_per_class)
+        novel_p += ps
+        novel_y += [k] * len(ps)
+
+    def load(paths, labels, classes, desc) -> LabelledImages:
+        return LabelledImages(load_images(paths, image_size, progress, desc),
+                              torch.tensor(labels, dtype=torch.long), list(classes))
+
+    shift = {}
+    for d in domains:
+        ps, ys = [], []
+        for k, cls in enumerate(info.base):
+            cp = _cap(list_images(info.root / d / cls), max_eval_per_class)
+            if not cp:
+                raise DataError(f"shift domain {d!r}: class folder {info.root / d / cls} is missing or empty")
+            ps += cp
+            ys += [k] * len(cp)
+        shift[d] = load(ps, ys, info.base, f"loading {d}")
+    return Splits(info, load(train_p, train_y, info.base, "loading train"),
+                  load(val_p, val_y, info.base, "loading val"),
+                  load(novel_p, novel_y, info.novel, "loading novel"), shift, train_p)
+
+
+def read_lines(path: Path) -> list[str]:
+    """Non-empty stripped lines of a text file, or [] when it does not exist."""
+    if not path.is_file():
+        return []
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]

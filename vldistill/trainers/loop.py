@@ -1,0 +1,255 @@
+"""One distillation trial: ``train(cfg, reporter, ckpt_dir) -> metrics``. No Ray here.
+
+The same function runs from the CLI, inside a Ray Tune function trainable, and on every
+Ray Train worker. It:
+
+1. resolves the data (writing the embedded world once, cached) and loads the splits;
+2. builds the frozen teacher (training the embedded one once, cached) and its text
+   targets, and measures the teacher's own metrics once (cached per teacher + data);
+3. distils the student on base classes of the training domain with the weighted losses;
+4. evaluates every ``eval.every`` epochs and at the last epoch, reports one row per epoch
+   and writes ``last.pt`` atomically into ``ckpt_dir`` after every epoch.
+
+Determinism: the batch order of epoch ``e`` and every view are pure functions of
+``(seed, e)`` and the image index, not of a running RNG, so a run resumed from its
+checkpoint after epoch ``e`` continues bit-for-bit like an uninterrupted one on the CPU.
+The final evaluation is part of the last report (Ray Tune may stop a trial right after).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from vldistill.trainers.config import ConfigError, TrainConfig
+from vldistill.trainers.data.folder import DatasetInfo, Splits, build_splits, read_dataset
+from vldistill.trainers.data.views import make_views, view_seed
+from vldistill.trainers.data.world import World, WorldSpec
+from vldistill.trainers.evaluation import eval_sizes, evaluate, floors, student_cost
+from vldistill.trainers.losses import LOSSES, WeightedLoss
+from vldistill.trainers.students import build_student
+from vldistill.trainers.teachers import Teacher, cache_root, load_teacher
+from vldistill.trainers.text import build_text_targets
+
+log = logging.getLogger(__name__)
+CKPT_NAME = "last.pt"
+
+
+class Reporter(Protocol):
+    """Receives one metrics row per epoch (W&B, Ray Tune, a log line...)."""
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None: ...
+
+
+class LogReporter:
+    """Logs a compact line per epoch; keeps every row in ``history``."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
+        self.history.append(dict(metrics))
+        keys = ("loss", "base_acc", "novel_acc", "hmean", "shift_acc")
+        shown = " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
+        log.info("epoch %d/%d %s", metrics["epoch"], metrics["epochs"], shown)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf; the trial cannot continue."""
+
+
+def world_spec(cfg: TrainConfig) -> WorldSpec:
+    w = cfg.data.world
+    return WorldSpec(seed=w.seed, image_size=w.image_size, per_class=w.per_class,
+                     shift_per_class=w.shift_per_class, train_domain=w.train_domain,
+                     semantic_shape=w.semantic_shape, semantic_colour=w.semantic_colour,
+                     n_compositional=w.n_compositional)
+
+
+def resolve_dataset(cfg: TrainConfig, progress: bool = True) -> DatasetInfo:
+    """The dataset root (writing the embedded world there first if needed), checked."""
+    if cfg.data.source == "world":
+        spec = world_spec(cfg)
+        root = Path(cfg.data.root) if cfg.data.root else (
+            cache_root(cfg.cache_dir) / "worlds" / spec.key())
+        World(spec).write(root, progress=progress)
+        return read_dataset(root, spec.train_domain)
+    return read_dataset(cfg.data.root, cfg.data.train_domain)
+
+
+def check_registries(cfg: TrainConfig) -> None:
+    """Names and files the config points at exist (cheap; runs before anything is written)."""
+    import open_clip
+
+    from vldistill.trainers.students import check_student_name
+    for name in cfg.distill.weights:
+        if name not in LOSSES:
+            raise ConfigError(f"distill.weights.{name}: unknown loss; known: {', '.join(sorted(LOSSES))}")
+    check_student_name(cfg.student.name)
+    t = cfg.teacher
+    if t.name != "embedded" and t.name not in open_clip.list_models():
+        raise ConfigError(f"teacher.name: unknown open_clip model {t.name!r}; use 'embedded' or one of "
+                          "open_clip.list_models()")
+    if t.pretrained and (os.sep in t.pretrained or t.pretrained.endswith((".pt", ".pth", ".bin",
+                                                                            ".safetensors"))):
+        if not Path(t.pretrained).expanduser().is_file():
+            raise ConfigError(f"teacher.pretrained: checkpoint file not found: {t.pretrained}")
+    if cfg.data.source == "folder" and not Path(cfg.data.root).expanduser().is_dir():
+        raise ConfigError(f"data.root: not a directory: {cfg.data.root}")
+
+
+def _lr(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    return base * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _teacher_metrics(teacher: Teacher, splits: Splits, text, cfg: TrainConfig) -> dict[str, float]:
+    """The teacher's own numbers on the same sets (the ceiling), cached on disk."""
+    blob = json.dumps({"teacher": teacher.key, "root": str(splits.info.root),
+                       "data": asdict(cfg.data), "template": cfg.distill.text.template,
+                       "v": 1}, sort_keys=True)
+    path = cache_root(cfg.cache_dir) / "teacher_eval" / (
+        hashlib.sha256(blob.encode()).hexdigest()[:16] + ".json")
+    if path.is_file():
+        return json.loads(path.read_text())
+    m = evaluate(teacher.encode_images, splits, text, cfg.eval.batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(m))
+    os.replace(tmp, path)
+    return m
+
+
+def save_checkpoint(state: dict[str, Any], ckpt_dir: Path) -> Path:
+    """Write ``last.pt`` atomically: a crash mid-write leaves the previous one intact."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / CKPT_NAME
+    tmp = ckpt_dir / f".{CKPT_NAME}.tmp{os.getpid()}"
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def load_checkpoint(ckpt_dir: Path | None) -> dict[str, Any] | None:
+    if ckpt_dir is None or not (Path(ckpt_dir) / CKPT_NAME).is_file():
+        return None
+    return torch.load(Path(ckpt_dir) / CKPT_NAME, map_location="cpu", weights_only=True)
+
+
+def train(cfg: TrainConfig, reporter: Reporter | None = None,
+          ckpt_dir: str | os.PathLike | None = None) -> dict[str, float]:
+    """Run (or resume) one trial and return its final metrics.
+
+    Args:
+        cfg: the validated trial config.
+        reporter: receives one row per epoch; the last row holds the final evaluation.
+        ckpt_dir: where ``last.pt`` is written each epoch and resumed from if present.
+
+    Returns:
+        The last epoch's row: student metrics, ``teacher/...`` metrics, cost, floors, sizes.
+    """
+    t_start = time.time()
+    check_registries(cfg)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    reporter = reporter or LogReporter()
+    ckpt_path = Path(ckpt_dir) if ckpt_dir is not None else None
+    torch.manual_seed(cfg.seed)
+    device = torch.device("cpu")
+
+    info = resolve_dataset(cfg, cfg.progress)
+    d = cfg.data
+    splits = build_splits(info, d.image_size, d.train_fraction, d.images_per_class, d.split_seed,
+                          d.shift_domains, d.max_eval_per_class, cfg.progress)
+    teacher = load_teacher(cfg.teacher, world_spec(cfg), cfg.cache_dir, cfg.progress)
+    text = build_text_targets(teacher, info, cfg.distill.text)
+    teacher_m = {f"teacher/{k}": v for k, v in _teacher_metrics(teacher, splits, text, cfg).items()}
+    static = {**eval_sizes(splits), **floors(splits), **teacher_m}
+
+    torch.manual_seed(cfg.seed)
+    student = build_student(cfg.student, teacher.embed_dim).to(device)
+    loss_kwargs = {n: (asdict(v) if hasattr(v, "__dataclass_fields__") else dict(v))
+                   for n in cfg.distill.weights if (v := getattr(cfg.distill, n, None)) is not None}
+    criterion = WeightedLoss(cfg.distill.weights, loss_kwargs)
+    o = cfg.optim
+    decay = [p for p in student.parameters() if p.ndim >= 2]
+    no_decay = [p for p in student.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=o.lr)
+    n_train = len(splits.train)
+    steps_per_epoch = max(n_train // o.batch_size, 1)  # drop_last: contrastive batches stay full
+    total, warmup = steps_per_epoch * o.epochs, steps_per_epoch * o.warmup_epochs
+
+    start_epoch, last = 0, {}
+    state = load_checkpoint(ckpt_path)
+    if state is not None:
+        student.load_state_dict(state["student"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, last = state["epoch"], state.get("metrics", {})
+        log.info("resumed from %s after epoch %d", ckpt_path / CKPT_NAME, start_epoch)
+    text_dev = {"text_embed": text.base.to(device), "vocab_embed": text.vocab.to(device)}
+
+    for epoch in range(start_epoch, o.epochs):
+        t_epoch = time.time()
+        student.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(n_train, generator=gen)
+        sums: dict[str, float] = {}
+        for i in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + i
+            idx = order[i * o.batch_size:(i + 1) * o.batch_size]
+            x = make_views(splits.train.images[idx], view_seed(idx, epoch), cfg.augment).to(device)
+            labels = splits.train.labels[idx].to(device)
+            teacher_out = {"image_embed": teacher.encode_images(x), **text_dev}
+            loss, logs = criterion(student(x), teacher_out, {"label": labels})
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}: "
+                                         f"terms {logs}")
+            for g in opt.param_groups:
+                g["lr"] = _lr(step, total, warmup, o.lr)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if o.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(student.parameters(), o.grad_clip)
+            opt.step()
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+        row = {"epoch": epoch + 1, "epochs": o.epochs, "lr": opt.param_groups[0]["lr"],
+               **{k: v / steps_per_epoch for k, v in sums.items()},
+               "train_seconds": time.time() - t_epoch}
+        final = epoch + 1 == o.epochs
+        if final or (epoch + 1) % cfg.eval.every == 0:
+            student.eval()
+            last = evaluate(lambda im: student(im)["embed"], splits, text, cfg.eval.batch_size, device)
+        row.update(last)
+        if final:
+            row.update(student_cost(student, d.image_size, cfg.eval.latency_iters))
+            row.update(static)
+            row["wall_seconds"] = time.time() - t_start
+        checkpoint = None
+        if ckpt_path is not None:
+            save_checkpoint({"student": student.state_dict(), "optimizer": opt.state_dict(),
+                             "epoch": epoch + 1, "metrics": last}, ckpt_path)
+            checkpoint = str(ckpt_path)
+        reporter.report(row, checkpoint)
+    if start_epoch >= o.epochs:  # resumed a finished run: re-evaluate for the final row
+        student.eval()
+        row = {"epoch": o.epochs, "epochs": o.epochs,
+               **evaluate(lambda im: student(im)["embed"], splits, text, cfg.eval.batch_size, device),
+               **student_cost(student, d.image_size, cfg.eval.latency_iters), **static}
+        reporter.report(row, str(ckpt_path))
+    return row

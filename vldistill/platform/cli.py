@@ -4,6 +4,9 @@ Verbs:
     ``vldistill train [hydra overrides]``  one trial on this machine (no Ray), writes
     ``config.yaml``, ``metrics.json``, ``history.jsonl`` and ``checkpoints/last.pt`` into
     ``out_dir`` and prints the student-vs-teacher table.
+    ``vldistill sweep [search_space=NAME] [out_dir=DIR] [overrides] [--resume DIR]``  a Ray
+    Tune + Optuna sweep (see ``platform/sweep.py``).
+    ``vldistill report SWEEP_DIR``  the aggregated ablation report of a sweep.
 
 Config errors exit with code 2 and one message naming the key or file, before anything is
 written. Hydra is used only to *compose* the config (``initialize_config_module`` +
@@ -62,24 +65,31 @@ def load_train_config(overrides: Sequence[str]):
         raise UsageError(str(e)) from None
 
 
-def _table(metrics: dict) -> str:
-    rows = [("base", "base_acc"), ("novel", "novel_acc"),
-            ("  novel compositional", "novel_acc/compositional"),
-            ("  novel semantic", "novel_acc/semantic"), ("hmean", "hmean")]
-    rows += [(f"shift {k.split('/', 1)[1]}", k) for k in sorted(metrics)
-             if k.startswith("shift_acc/")]
-    rows += [("shift (mean)", "shift_acc")]
-    lines = [f"{'metric':<24}{'student':>9}{'teacher':>9}{'n':>7}"]
-    for label, key in rows:
+def _floor(metrics: dict, task: str) -> float:
+    """Best attribute-only floor of a task (``base``, ``novel``, ``novel/<kind>``), or chance."""
+    vals = [v for k, v in metrics.items() if k.startswith("floor/") and k.split("/", 2)[2] == task]
+    return max(vals) if vals else metrics.get(f"chance/{task.split('/')[0]}", float("nan"))
+
+
+def format_table(metrics: dict) -> str:
+    """Student beside teacher for every accuracy, with the floor and the number of images."""
+    rows = [("base", "base_acc", "base", "n/base"), ("novel", "novel_acc", "novel", "n/novel")]
+    rows += [(f"  novel {k.split('/', 1)[1]}", k, "novel/" + k.split("/", 1)[1], "n/novel/" + k.split("/", 1)[1])
+             for k in sorted(metrics) if k.startswith("novel_acc/")]
+    rows += [("hmean", "hmean", None, None)]
+    rows += [(f"shift {k.split('/', 1)[1]}", k, "base", "n/shift/" + k.split("/", 1)[1])
+             for k in sorted(metrics) if k.startswith("shift_acc/")]
+    rows += [("shift (mean)", "shift_acc", "base", None)]
+    lines = [f"{'metric':<24}{'student':>9}{'teacher':>9}{'floor':>8}{'n':>7}"]
+    for label, key, task, n_key in rows:
         if key not in metrics:
             continue
-        n_key = {"base_acc": "n/base", "novel_acc": "n/novel"}.get(key, "n/" + key.replace("_acc", ""))
-        n = metrics.get(n_key)
-        lines.append(f"{label:<24}{metrics[key]:>9.3f}{metrics.get('teacher/' + key, float('nan')):>9.3f}"
-                     f"{int(n) if n else '':>7}")
-    floors = ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())
-                       if k.startswith(("floor/", "chance/")))
-    lines.append(f"floors: {floors}")
+        floor = f"{_floor(metrics, task):.3f}" if task else ""
+        n = int(metrics[n_key]) if n_key and n_key in metrics else ""
+        lines.append(f"{label:<24}{metrics[key]:>9.3f}"
+                     f"{metrics.get('teacher/' + key, float('nan')):>9.3f}{floor:>8}{n:>7}")
+    lines.append("floor = best attribute-only classifier (knows one attribute, guesses the rest); "
+                 f"chance base {metrics.get('chance/base', 0):.3f}, novel {metrics.get('chance/novel', 0):.3f}")
     lines.append(f"student: {metrics.get('student_params', 0) / 1e6:.2f} M params, "
                  f"{metrics.get('student_latency_ms', float('nan')):.2f} ms/image (CPU, batch 1)")
     return "\n".join(lines)
@@ -116,9 +126,32 @@ def cmd_train(overrides: Sequence[str]) -> dict:
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
     tmp.replace(out / "metrics.json")
-    print(_table(metrics))
+    print(format_table(metrics))
     print(f"results: {out} ({metrics['wall_seconds']:.0f} s)")
     return metrics
+
+
+def cmd_sweep(tokens: Sequence[str], resume: str | None, address: str | None, wandb: bool) -> Path:
+    """``vldistill sweep [search_space=NAME|path.yaml] [out_dir=DIR] [overrides]``."""
+    from vldistill.platform.sweep import run_sweep
+
+    space, out, overrides = None, None, []
+    for tok in tokens:
+        if tok.startswith("search_space="):
+            space = tok.split("=", 1)[1]
+        elif tok.startswith("out_dir="):
+            out = tok.split("=", 1)[1]
+        else:
+            overrides.append(tok)
+    if resume and (space or overrides):
+        raise UsageError("--resume continues a sweep as it was defined: no search_space= or overrides")
+    return run_sweep(space, overrides, out, resume=resume, address=address, wandb=wandb)
+
+
+def cmd_report(sweep_dir: str, out_dir: str | None, wandb: bool) -> int:
+    from vldistill.platform.report import report_main
+
+    return report_main(sweep_dir, out_dir, wandb)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,16 +159,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="verb", required=True)
     p_train = sub.add_parser("train", help="run one distillation trial (no Ray)")
     p_train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. distill=cls_mse seed=1")
+    p_sweep = sub.add_parser("sweep", help="run a Ray Tune + Optuna sweep over a search space")
+    p_sweep.add_argument("tokens", nargs="*",
+                         help="search_space=NAME|file.yaml, out_dir=DIR, then Hydra overrides for every trial")
+    p_sweep.add_argument("--resume", metavar="DIR", help="continue the interrupted sweep in DIR")
+    p_sweep.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p_sweep.add_argument("--no-wandb", action="store_true", help="do not log trials to W&B")
+    p_report = sub.add_parser("report", help="write the ablation report of a sweep directory")
+    p_report.add_argument("sweep_dir")
+    p_report.add_argument("--out", default=None, help="output directory (default: the sweep directory)")
+    p_report.add_argument("--wandb", action="store_true", help="also log the report to a W&B run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("vldistill").setLevel(logging.INFO)
     from vldistill.trainers.config import ConfigError
     from vldistill.trainers.data.folder import DataError
+    errors: tuple[type[Exception], ...] = (UsageError, ConfigError, DataError)
     try:
         if args.verb == "train":
             cmd_train(args.overrides)
-    except (UsageError, ConfigError, DataError) as e:
+        elif args.verb == "sweep":
+            from vldistill.platform.sweep import SweepError
+            errors += (SweepError,)
+            cmd_sweep(args.tokens, args.resume, args.address, not args.no_wandb)
+        elif args.verb == "report":
+            return cmd_report(args.sweep_dir, args.out, args.wandb)
+    except errors as e:
         print(f"vldistill: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -147,6 +147,7 @@ class AugmentConfig:
     scale_min: float = 0.6
     translate: float = 0.1
     flip: bool = True
+    views: int = 0  # 0: a new view every epoch; K > 0: epoch e replays view e % K (cacheable)
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ class TrainConfig:
     cache_dir: Optional[str] = None  # None: $VLDISTILL_CACHE or ~/.cache/vldistill
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
     progress: bool = True
+    teacher_cache: bool = True  # with augment.views > 0, read teacher targets from the cache
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -280,6 +282,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.optim.lr > 0, "optim.lr", "must be > 0")
     _check(cfg.eval.every >= 1, "eval.every", "must be >= 1")
     _check(0 < cfg.augment.scale_min <= 1, "augment.scale_min", "must be in (0, 1]")
+    _check(cfg.augment.views >= 0, "augment.views", "must be >= 0")
     _check("{}" in cfg.distill.text.template, "distill.text.template",
            "must contain '{}' where the class name goes")
     for name, w in cfg.distill.weights.items():

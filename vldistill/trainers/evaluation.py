@@ -75,6 +75,9 @@ def eval_sizes(splits: Splits) -> dict[str, float]:
     """Images per evaluation set, so readers can judge sampling noise."""
     out = {"n/base": len(splits.val_base), "n/novel": len(splits.novel), "n/train": len(splits.train)}
     out.update({f"n/shift/{d}": len(v) for d, v in splits.shift.items()})
+    for kind, members in splits.info.novel_kinds.items():
+        idx = torch.tensor([splits.info.novel.index(c) for c in members], dtype=torch.long)
+        out[f"n/novel/{kind}"] = int(torch.isin(splits.novel.labels, idx).sum())
     return out
 
 
@@ -89,6 +92,11 @@ def floors(splits: Splits) -> dict[str, float]:
         rows = [tuple(info.attributes[c][a] for a in names) for c in classes]
         for i, a in enumerate(names):
             out[f"floor/{a}/{task}"] = attribute_floor(rows, i)
+            if task == "novel":  # per kind: the same guess, averaged over that kind's classes
+                for kind, members in info.novel_kinds.items():
+                    per = [1 / sum(r[i] == rows[classes.index(c)][i] for r in rows) for c in members]
+                    if per:
+                        out[f"floor/{a}/novel/{kind}"] = sum(per) / len(per)
     return out
 
 

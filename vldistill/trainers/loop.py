@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import torch
 
+from vldistill.trainers.cache import ensure_cache
 from vldistill.trainers.config import ConfigError, TrainConfig
 from vldistill.trainers.data.folder import DatasetInfo, Splits, build_splits, read_dataset
 from vldistill.trainers.data.views import make_views, view_seed
@@ -42,6 +43,10 @@ from vldistill.trainers.text import build_text_targets
 
 log = logging.getLogger(__name__)
 CKPT_NAME = "last.pt"
+# Losses whose inputs (student embed, teacher image embed, class/vocabulary text) the loop
+# provides. cap / vld / pvld / udist / attn / token_nce need captions, sentence banks or
+# token grids: wired in by the methods issue.
+FED_LOSSES = frozenset({"cls", "mse", "im_cst", "vlprox", "pvld", "udist"})
 
 
 class Reporter(Protocol):
@@ -91,9 +96,12 @@ def check_registries(cfg: TrainConfig) -> None:
     import open_clip
 
     from vldistill.trainers.students import check_student_name
-    for name in cfg.distill.weights:
+    for name, weight in cfg.distill.weights.items():
         if name not in LOSSES:
             raise ConfigError(f"distill.weights.{name}: unknown loss; known: {', '.join(sorted(LOSSES))}")
+        if weight > 0 and name not in FED_LOSSES:
+            raise ConfigError(f"distill.weights.{name}: the loss is registered but this training loop "
+                              f"does not feed its inputs yet; usable now: {', '.join(sorted(FED_LOSSES))}")
     check_student_name(cfg.student.name)
     t = cfg.teacher
     if t.name != "embedded" and t.name not in open_clip.list_models():
@@ -150,6 +158,35 @@ def load_checkpoint(ckpt_dir: Path | None) -> dict[str, Any] | None:
     return torch.load(Path(ckpt_dir) / CKPT_NAME, map_location="cpu", weights_only=True)
 
 
+_MEMO: dict[str, tuple] = {}  # a reused Ray actor (or a test) pays data/teacher loading once
+
+
+def prepare(cfg: TrainConfig) -> tuple[Splits, Teacher, Any, dict[str, float]]:
+    """Data splits, frozen teacher, text targets and the static metrics of a trial.
+
+    Everything is cached on disk (world, teacher, teacher metrics) and memoised in this
+    process, keyed by the config parts it depends on, so a sweep computes it once.
+    """
+    key = json.dumps({"data": asdict(cfg.data), "teacher": asdict(cfg.teacher),
+                      "text": asdict(cfg.distill.text), "cache": cfg.cache_dir}, sort_keys=True)
+    if key in _MEMO:
+        return _MEMO[key]
+    info = resolve_dataset(cfg, cfg.progress)
+    d = cfg.data
+    splits = build_splits(info, d.image_size, d.train_fraction, d.images_per_class, d.split_seed,
+                          d.shift_domains, d.max_eval_per_class, cfg.progress)
+    teacher = load_teacher(cfg.teacher, world_spec(cfg), cfg.cache_dir, cfg.progress)
+    text = build_text_targets(teacher, info, cfg.distill.text)
+    teacher_m = {f"teacher/{k}": v for k, v in _teacher_metrics(teacher, splits, text, cfg).items()}
+    static = {**eval_sizes(splits), **floors(splits), **teacher_m}
+    if cfg.augment.views > 0 and cfg.teacher_cache:  # a sweep builds it here, before trials
+        ensure_cache(teacher, splits, d.image_size, cfg.augment, cfg.augment.views,
+                     cache_root(cfg.cache_dir), cfg.progress)
+    _MEMO.clear()  # hold one dataset at a time
+    _MEMO[key] = (splits, teacher, text, static)
+    return _MEMO[key]
+
+
 def train(cfg: TrainConfig, reporter: Reporter | None = None,
           ckpt_dir: str | os.PathLike | None = None) -> dict[str, float]:
     """Run (or resume) one trial and return its final metrics.
@@ -171,14 +208,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
     torch.manual_seed(cfg.seed)
     device = torch.device("cpu")
 
-    info = resolve_dataset(cfg, cfg.progress)
     d = cfg.data
-    splits = build_splits(info, d.image_size, d.train_fraction, d.images_per_class, d.split_seed,
-                          d.shift_domains, d.max_eval_per_class, cfg.progress)
-    teacher = load_teacher(cfg.teacher, world_spec(cfg), cfg.cache_dir, cfg.progress)
-    text = build_text_targets(teacher, info, cfg.distill.text)
-    teacher_m = {f"teacher/{k}": v for k, v in _teacher_metrics(teacher, splits, text, cfg).items()}
-    static = {**eval_sizes(splits), **floors(splits), **teacher_m}
+    splits, teacher, text, static = prepare(cfg)
 
     torch.manual_seed(cfg.seed)
     student = build_student(cfg.student, teacher.embed_dim).to(device)
@@ -202,6 +233,11 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
         start_epoch, last = state["epoch"], state.get("metrics", {})
         log.info("resumed from %s after epoch %d", ckpt_path / CKPT_NAME, start_epoch)
     text_dev = {"text_embed": text.base.to(device), "vocab_embed": text.vocab.to(device)}
+    views = cfg.augment.views
+    cache = None
+    if views > 0 and cfg.teacher_cache:
+        cache = ensure_cache(teacher, splits, d.image_size, cfg.augment, views,
+                             cache_root(cfg.cache_dir), cfg.progress)
 
     for epoch in range(start_epoch, o.epochs):
         t_epoch = time.time()
@@ -212,9 +248,11 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
         for i in range(steps_per_epoch):
             step = epoch * steps_per_epoch + i
             idx = order[i * o.batch_size:(i + 1) * o.batch_size]
-            x = make_views(splits.train.images[idx], view_seed(idx, epoch), cfg.augment).to(device)
+            view = epoch % views if views else epoch
+            x = make_views(splits.train.images[idx], view_seed(idx, view), cfg.augment).to(device)
             labels = splits.train.labels[idx].to(device)
-            teacher_out = {"image_embed": teacher.encode_images(x), **text_dev}
+            t_img = cache.lookup(idx, view).to(device) if cache else teacher.encode_images(x)
+            teacher_out = {"image_embed": t_img, **text_dev}
             loss, logs = criterion(student(x), teacher_out, {"label": labels})
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}: "

@@ -186,6 +186,6 @@ class WeightedLoss(nn.Module):
 
 
 # Imported last so that the registry exists when the modules register themselves.
-from vldistill.trainers.losses import p1  # noqa: E402,F401
+from vldistill.trainers.losses import cap, p1, p2, p4  # noqa: E402,F401
 
 __all__ = ["LOSSES", "LOSS_SUFFIX", "WeightedLoss", "build_loss", "register_loss"]

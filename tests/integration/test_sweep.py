@@ -1,0 +1,76 @@
+"""Real Ray Tune + Optuna sweeps on the smoke world: rows, pruning, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+pytestmark = pytest.mark.ray
+
+
+def rows_of(sweep: Path) -> list[dict]:
+    return [json.loads(line) for line in (sweep / "trials.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_smoke_sweep_writes_one_row_per_trial(cli, tmp_path):
+    out = tmp_path / "smoke"
+    t0 = time.time()
+    proc = cli(["sweep", "search_space=smoke", f"out_dir={out}"])
+    elapsed = time.time() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = rows_of(out)
+    assert len(rows) == 2 and len({r["trial_id"] for r in rows}) == 2
+    for r in rows:
+        assert r["status"] == "completed" and r["error"] is None
+        assert r["epochs"] == 2 and r["seed"] == 0
+        assert r["params"]["distill.weights.mse"] in (0.0, 1.0)
+        for key in ("base_acc", "novel_acc", "hmean", "shift_acc", "teacher/novel_acc"):
+            assert 0.0 <= r["metrics"][key] <= 1.0, key
+        assert r["config"]["distill.weights.mse"] == r["params"]["distill.weights.mse"]
+    assert (out / "trials.csv").is_file() and (out / "search_space.yaml").is_file()
+    assert json.loads((out / "sweep.json").read_text())["trials"] == 2
+    study = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal"))))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert list((out / "wandb").glob("offline-run-*")), "no offline W&B run written"
+    assert elapsed < 180, f"smoke sweep took {elapsed:.0f} s"
+
+
+ASHA_SPACE = """
+name: asha_test
+metric: novel_acc
+mode: max
+sampler: random
+scheduler: {type: asha, max_t: 4, grace_period: 1, reduction_factor: 3}
+num_samples: 6
+seeds: [0]
+resources: {cpu: 1, gpu: 0, workers: 1}
+overrides: [experiment=smoke, optim.epochs=4, eval.every=1]
+params:
+  optim.lr: {loguniform: [1.0e-5, 3.0e-2]}
+"""
+
+
+def test_asha_stopped_trials_are_pruned_in_the_optuna_study(cli, tmp_path):
+    space = tmp_path / "asha.yaml"
+    space.write_text(ASHA_SPACE)
+    out = tmp_path / "asha"
+    proc = cli(["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["trial_id"]: r for r in rows_of(out)}
+    pruned = [r for r in rows.values() if r["status"] == "pruned"]
+    assert pruned, "ASHA stopped no trial early"
+    assert all(r["epochs"] < 4 for r in pruned)
+    study = optuna.load_study(study_name="asha_test", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal"))))
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)
+    assert states.count(optuna.trial.TrialState.COMPLETE) == len(rows) - len(pruned)

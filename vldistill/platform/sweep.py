@@ -1,0 +1,368 @@
+"""``vldistill sweep``: a Ray Tune + Optuna sweep over a search space.
+
+Flow (DESIGN.md "The flow of one sweep"):
+
+1. load and validate the search space against the composed base config (before Ray);
+2. take the sweep directory's lock, write ``search_space.yaml`` and ``base_config.yaml``;
+3. prepare what every trial shares, once: the dataset (the embedded world is written),
+   the teacher (the embedded one is trained) and the teacher's own metrics;
+4. run Ray Tune: a function trainable per trial (one worker: the training loop runs in
+   the trial itself, the cheap path on CPU), ``SeededOptunaSearch`` (TPE / random / grid,
+   seeds as repeats, honest PRUNED states, study in ``optuna.journal``), ASHA if asked;
+5. write one JSON row per finished trial (``trials.jsonl``), then ``trials.csv`` and the
+   report.
+
+The trial's config is the *flattened* full config (dotted keys): the sampled keys and the
+seed override the base config's constants, so W&B and the rows get every key.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+TUNE_DIR = "tune"
+ROWS = "trials.jsonl"
+RESERVED = ("epoch", "epochs")
+
+
+class SweepError(Exception):
+    """A sweep cannot start (bad space, busy directory...); exit code 2."""
+
+
+# ----- the trial ---------------------------------------------------------------------------
+
+
+def sweep_trainable(config: dict[str, Any]) -> None:
+    """Tune function trainable: one trial = ``trainers.loop.train`` on this worker."""
+    from ray import tune
+    from ray.tune import Checkpoint
+
+    from vldistill.search_spaces.loader import unflatten
+    from vldistill.trainers.config import from_dict
+    from vldistill.trainers.loop import train
+
+    cfg = from_dict(unflatten({k: v for k, v in config.items()}))
+    work = Path(tempfile.mkdtemp(prefix="vldistill-trial-"))
+    try:
+        ckpt = tune.get_checkpoint()
+        if ckpt is not None:
+            ckpt.to_directory(str(work))
+
+        class _TuneReporter:
+            def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+                row = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+                if checkpoint_dir:
+                    tune.report(row, checkpoint=Checkpoint.from_directory(checkpoint_dir))
+                else:
+                    tune.report(row)
+
+        train(cfg, _TuneReporter(), work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ----- rows -------------------------------------------------------------------------------
+
+
+def _callbacks_module():
+    from ray import tune
+
+    from vldistill.platform.searcher import was_stopped_early
+
+    class RowWriter(tune.Callback):
+        """Appends one JSON row per finished trial to ``trials.jsonl`` (last row wins)."""
+
+        def __init__(self, sweep_dir: str, params: list[str], resources: dict, total: int):
+            self.sweep_dir, self.params, self.resources, self.total = sweep_dir, params, resources, total
+            self.done = 0
+
+        def _write(self, trial, status: str, error: str | None) -> None:
+            result = dict(trial.last_result or {})
+            metrics = {k: v for k, v in result.items()
+                       if isinstance(v, (int, float)) and not k.startswith(("time_", "timestamp", "config"))
+                       and k not in ("training_iteration", "pid", "iterations_since_restore",
+                                     "done", "checkpoint_dir_name", "should_checkpoint",
+                                     "epoch", "epochs", "wall_seconds", "train_seconds")}
+            row = {"trial_id": trial.trial_id, "status": status, "error": error,
+                   "params": {k: trial.config.get(k) for k in self.params},
+                   "seed": trial.config.get("seed"), "config": dict(trial.config),
+                   "metrics": metrics, "epochs": int(result.get("epoch", 0)),
+                   "planned_epochs": int(result.get("epochs", trial.config.get("optim.epochs", 0))),
+                   "wall_seconds": float(result.get("time_total_s", 0.0)),
+                   "resources": self.resources}
+            with open(Path(self.sweep_dir) / ROWS, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            self.done += 1
+            shown = ", ".join(f"{k}={trial.config.get(k)}" for k in self.params)
+            acc = " ".join(f"{k}={metrics[k]:.3f}" for k in ("base_acc", "novel_acc", "shift_acc")
+                           if k in metrics)
+            log.info("[%d/%d] trial %s %s (seed %s; %s) %s", self.done, self.total, trial.trial_id,
+                     status, trial.config.get("seed"), shown, error or acc)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._write(trial, "pruned" if was_stopped_early(trial.last_result) else "completed", None)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._write(trial, "failed", _error_text(trial))
+
+    return RowWriter
+
+
+def _error_text(trial) -> str:
+    """The exception line of a failed trial (type: message), not the whole traceback."""
+    try:
+        err = trial.get_error()
+        text = str(err) if err is not None else ""
+    except Exception:  # the error file may be unreadable; the status still says failed
+        text = ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln or "Exception" in ln:
+            return ln[-500:]
+    return (lines[-1] if lines else "unknown error")[-500:]
+
+
+def read_rows(sweep_dir: Path) -> list[dict]:
+    """The rows of ``trials.jsonl``, the last line per trial id winning."""
+    path = Path(sweep_dir) / ROWS
+    rows: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows[r["trial_id"]] = r
+    return list(rows.values())
+
+
+def write_csv(sweep_dir: Path) -> Path:
+    import pandas as pd
+
+    rows = read_rows(sweep_dir)
+    flat = [{"trial_id": r["trial_id"], "status": r["status"], "error": r["error"], "seed": r["seed"],
+             **r["params"], **r["metrics"], "wall_seconds": r["wall_seconds"]} for r in rows]
+    path = Path(sweep_dir) / "trials.csv"
+    pd.DataFrame(flat).to_csv(path, index=False)
+    return path
+
+
+# ----- the driver -----------------------------------------------------------------------
+
+
+class _Lock:
+    """An exclusive ``flock`` on ``<sweep_dir>/.lock``: two sweeps never share a directory."""
+
+    def __init__(self, sweep_dir: Path):
+        self.path = sweep_dir / ".lock"
+        self.fh = None
+
+    def __enter__(self) -> "_Lock":
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            owner = self.fh.read().strip() or "another process"
+            self.fh.close()
+            raise SweepError(f"{self.path.parent} is in use by a running sweep ({owner}); "
+                             "use another out_dir, or wait for it to finish") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def _concurrency(resources, cluster: dict) -> int:
+    limits = [int(cluster.get("CPU", 1) // max(resources.cpu * resources.workers, 1e-9))]
+    if resources.gpu > 0:
+        limits.append(int(cluster.get("GPU", 0) // (resources.gpu * resources.workers)))
+    return max(1, min(limits))
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
+    if address:
+        log.info("joining the Ray cluster at %s", address)
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+    else:
+        log.info("starting a local Ray instance (%d CPUs)", os.cpu_count() or 1)
+        ray.init(num_cpus=os.cpu_count(), runtime_env=env, include_dashboard=False,
+                 log_to_driver=True)
+
+
+def _wandb_callback(sweep_dir: Path, name: str, enabled: bool) -> list:
+    if not enabled:
+        return []
+    from vldistill.platform.wandb_logger import make_callback
+
+    cb = make_callback(sweep_dir, name)
+    return [cb] if cb is not None else []
+
+
+def prepare_shared(cfg) -> None:
+    """Compute, once, what every trial reads from the cache: world, teacher, its metrics."""
+    from vldistill.trainers.loop import prepare
+
+    t0 = time.time()
+    prepare(cfg)
+    log.info("shared assets ready in %.0f s (dataset, teacher, teacher metrics)", time.time() - t0)
+
+
+def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str | None = None,
+              resume: str | None = None, address: str | None = None, wandb: bool = True) -> Path:
+    """Run (or resume) a sweep and return its directory."""
+    from vldistill.platform.cli import load_train_config
+    from vldistill.search_spaces.loader import (SearchSpaceError, flatten, load_search_space,
+                                                validate_search_space)
+    from vldistill.trainers.config import from_dict, to_dict
+
+    if resume:
+        sweep_dir = Path(resume).expanduser().resolve()
+        if not (sweep_dir / "search_space.yaml").is_file():
+            raise SweepError(f"--resume {sweep_dir}: no search_space.yaml there; not a sweep directory")
+        space = load_search_space(str(sweep_dir / "search_space.yaml"))
+        base = from_dict(yaml.safe_load((sweep_dir / "base_config.yaml").read_text()))
+    else:
+        try:
+            space = load_search_space(space_ref or "default")
+        except SearchSpaceError as e:
+            raise SweepError(str(e)) from None
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        sweep_dir = Path(out_dir or Path("runs") / "sweeps" / f"{space.name}-{stamp}").expanduser().resolve()
+        base = load_train_config([*space.overrides, *overrides])
+        try:
+            validate_search_space(space, to_dict(base))
+        except SearchSpaceError as e:
+            raise SweepError(str(e)) from None
+        if (sweep_dir / ROWS).exists() or (sweep_dir / TUNE_DIR).exists():
+            raise SweepError(f"{sweep_dir} already holds a sweep; use --resume {sweep_dir} or another out_dir")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with _Lock(sweep_dir):
+        if not resume:
+            (sweep_dir / "search_space.yaml").write_text(yaml.safe_dump(space.to_dict(), sort_keys=False))
+            (sweep_dir / "base_config.yaml").write_text(yaml.safe_dump(to_dict(base), sort_keys=False))
+        prepare_shared(base)
+        _run_tune(space, base, sweep_dir, resume is not None, address, wandb, flatten)
+        write_csv(sweep_dir)
+        _write_summary(sweep_dir, space)
+        _maybe_report(sweep_dir)
+    return sweep_dir
+
+
+def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, flatten) -> None:
+    import optuna
+    import ray
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from vldistill.platform.searcher import DefineByRun, SeededOptunaSearch
+    from vldistill.search_spaces.loader import grid_sampler
+    from vldistill.trainers.config import to_dict
+
+    if space.resources.workers > 1:
+        raise SweepError("resources.workers > 1 (Ray Train DDP trials) is not available yet: "
+                         "the scale-out path lands with the multi-worker issue; use workers: 1")
+    _init_ray(address)
+    trainable = tune.with_resources(sweep_trainable, {"cpu": space.resources.cpu,
+                                                       "gpu": space.resources.gpu})
+    if resume:
+        tuner = tune.Tuner.restore(str(sweep_dir / TUNE_DIR), trainable=trainable,
+                                   resume_unfinished=True, restart_errored=False)
+    else:
+        constants = flatten(to_dict(base))
+        constants["threads"] = max(1, int(space.resources.cpu))
+        constants["progress"] = False
+        if space.sampler == "grid":  # ignores the sampler's study.stop() (invalid outside optimize)
+            sampler = grid_sampler(space, seed=space.sampler_seed)
+        elif space.sampler == "random":
+            sampler = optuna.samplers.RandomSampler(seed=space.sampler_seed)
+        else:
+            sampler = optuna.samplers.TPESampler(seed=space.sampler_seed,
+                                                 multivariate=True, group=True)
+        storage = JournalStorage(JournalFileBackend(str(sweep_dir / "optuna.journal")))
+        metric = list(space.metrics) if space.multi_objective else space.metrics[0]
+        mode = list(space.modes) if space.multi_objective else space.modes[0]
+        searcher = SeededOptunaSearch(space=DefineByRun(space), metric=metric, mode=mode,
+                                      sampler=sampler, study_name=space.name, storage=storage,
+                                      seeds=space.seeds, search_space=space)
+        if space.scheduler.type == "asha":
+            scheduler = ASHAScheduler(time_attr="epoch", metric=space.metrics[0], mode=space.modes[0],
+                                      max_t=space.scheduler.max_t or base.optim.epochs,
+                                      grace_period=space.scheduler.grace_period,
+                                      reduction_factor=space.scheduler.reduction_factor)
+        else:
+            scheduler = FIFOScheduler()
+        RowWriter = _callbacks_module()
+        total = space.trial_count()
+        callbacks = [RowWriter(str(sweep_dir), list(space.params), {
+            "cpu": space.resources.cpu, "gpu": space.resources.gpu, "workers": space.resources.workers},
+            total)]
+        callbacks += _wandb_callback(sweep_dir, space.name, wandb)
+        tuner = tune.Tuner(
+            trainable, param_space=constants,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
+                                        max_concurrent_trials=_concurrency(space.resources,
+                                                                           ray.cluster_resources()),
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir), callbacks=callbacks,
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      verbose=1))
+    tuner.fit()
+
+
+def _write_summary(sweep_dir: Path, space) -> None:
+    rows = read_rows(sweep_dir)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    summary = {"name": space.name, "finished": _dt.datetime.now().isoformat(timespec="seconds"),
+               "trials": len(rows), "status_counts": counts,
+               "cpu_hours": sum(r["wall_seconds"] * r["resources"]["cpu"] * r["resources"]["workers"]
+                                for r in rows) / 3600}
+    done = [r for r in rows if r["status"] == "completed" and space.metrics[0] in r["metrics"]]
+    if done:
+        sign = 1 if space.modes[0] == "max" else -1
+        best = max(done, key=lambda r: sign * r["metrics"][space.metrics[0]])
+        summary["best"] = {"trial_id": best["trial_id"], "params": best["params"], "seed": best["seed"],
+                           space.metrics[0]: best["metrics"][space.metrics[0]]}
+        log.info("best %s = %.4f: %s (seed %s)", space.metrics[0], best["metrics"][space.metrics[0]],
+                 best["params"], best["seed"])
+    (sweep_dir / "sweep.json").write_text(json.dumps(summary, indent=1))
+    log.info("sweep %s: %d trials %s; results in %s", space.name, len(rows), counts, sweep_dir)
+
+
+def _maybe_report(sweep_dir: Path) -> None:
+    try:
+        from vldistill.platform.report import build_report
+    except ImportError:
+        return
+    try:
+        paths = build_report(sweep_dir)
+        log.info("report: %s", paths.get("report.md", sweep_dir / "report.md"))
+    except Exception as e:  # the sweep's results are safe on disk; the report can be re-run
+        log.warning("report failed (%s); re-run with: vldistill report %s", e, sweep_dir)

@@ -1,0 +1,350 @@
+"""Load search-space YAML into a :class:`SearchSpace`, with structural checks.
+
+The schema (every top-level key; ``metric``, ``mode`` and ``params`` are required)::
+
+    name: p1_losses                # default: the file's stem
+    description: ...
+    metric: novel_acc              # or a list: several metrics = multi-objective
+    mode: max                      # max | min, or a list as long as `metric`
+    sampler: tpe                   # tpe (default) | random | grid
+    sampler_seed: 0
+    scheduler: {type: asha, max_t: 20, grace_period: 4, reduction_factor: 2}   # or: none
+    num_samples: 24                # configurations, each run once per seed (grid: default all)
+    seeds: [0, 1, 2]               # default [0]
+    resources: {cpu: 1, gpu: 0, workers: 1}
+    overrides: [experiment=smoke]  # Hydra overrides of every trial's base config
+    params:                        # dotted TrainConfig paths, in suggestion order
+      distill.weights.mse: {choice: [0.0, 1.0], baseline: 0.0}
+      distill.vlprox.k: {choice: [1, 10, 256], when: {distill.weights.vlprox: 1.0}}
+      optim.lr: {loguniform: [1.0e-4, 1.0e-2]}    # also: uniform, int: [low, high] inclusive
+
+Everything that needs the typed config (paths, values, registries) is checked by
+:func:`~vldistill.search_spaces.validate.validate_search_space` against a composed config.
+This module re-exports the whole public API so the sweep driver has one import.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vldistill.search_spaces.dotted import flatten, get_dotted, set_dotted, unflatten
+from vldistill.search_spaces.spec import (CATEGORICAL_KINDS, KINDS, MODES, SAMPLERS, SCHEDULERS,
+                                          ParamSpec, Resources, Scheduler, SearchSpace,
+                                          SearchSpaceError, same_value)
+from vldistill.search_spaces.suggest import (apply_params, decode_params, define_by_run,
+                                             grid_points, grid_sampler)
+from vldistill.search_spaces.validate import check_conditions, validate_search_space
+
+SHIPPED_DIR = Path(__file__).resolve().parent
+
+TOP_KEYS = ("name", "description", "metric", "mode", "sampler", "sampler_seed", "scheduler",
+            "num_samples", "seeds", "resources", "overrides", "params")
+_REQUIRED = ("metric", "mode", "params")
+_SPEC_KEYS = KINDS + ("baseline", "when")
+_SCHEDULER_KEYS = ("type", "max_t", "grace_period", "reduction_factor")
+_RESOURCE_KEYS = ("cpu", "gpu", "workers")
+
+# Metrics a trial reports (trainers/evaluation.py, loop.py); `<domain>`/`<kind>` are free.
+KNOWN_METRICS = ("base_acc", "novel_acc", "hmean", "shift_acc", "shift_acc/<domain>",
+                 "novel_acc/<kind>", "fewshot_novel_acc", "linear_probe_acc", "M_rel", "M_neigh",
+                 "M_vlalign", "student_params", "student_flops", "student_latency_ms", "loss")
+_METRIC_RE = re.compile(r"(" + "|".join(m for m in KNOWN_METRICS if "<" not in m)
+                        + r"|shift_acc/[\w.-]+|novel_acc/[\w.-]+)")
+
+
+class _Err:
+    """Builds errors that name the file: ``<file>: <key>: <message>``."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def __call__(self, key: str, msg: str) -> SearchSpaceError:
+        return SearchSpaceError(f"{self.source}: {key}: {msg}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _yaml_safe(v: Any) -> bool:
+    if isinstance(v, (list, tuple)):
+        return all(_yaml_safe(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _yaml_safe(x) for k, x in v.items())
+    return v is None or isinstance(v, (str, bool, int, float))
+
+
+def _bound(err: _Err, where: str, kind: str, v: Any) -> float | int:
+    if kind == "int":
+        if not _is_int(v):
+            raise err(where, f"int bounds must be integers, got {v!r}")
+        return v
+    if isinstance(v, str):  # PyYAML reads 1e-4 (no dot) as a string: accept it here
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    if not _is_number(v):
+        raise err(where, f"{kind} bounds must be finite numbers, got {v!r}")
+    return float(v)
+
+
+def _parse_param(err: _Err, key: Any, spec: Any) -> ParamSpec:
+    where = f"params.{key}"
+    if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
+        raise err(where, "a param key must be a dotted config path like distill.weights.mse")
+    if not isinstance(spec, dict):
+        raise err(where, f"must be a mapping like {{choice: [...]}} with one of "
+                         f"{', '.join(KINDS)}; got {spec!r}")
+    unknown = [k for k in spec if k not in _SPEC_KEYS]
+    if unknown:
+        raise err(where, f"unknown spec key {unknown[0]!r}; valid: {', '.join(_SPEC_KEYS)}")
+    kinds = [k for k in spec if k in KINDS]
+    if not kinds:
+        raise err(where, f"needs one kind: {', '.join(KINDS)}")
+    if len(kinds) > 1:
+        raise err(where, f"has several kinds ({', '.join(kinds)}); give exactly one of "
+                         f"{', '.join(KINDS)}")
+    kind, raw = kinds[0], spec[kinds[0]]
+    values = low = high = None
+    if kind in CATEGORICAL_KINDS:
+        if not isinstance(raw, list) or not raw:
+            raise err(where, f"{kind} needs a non-empty list of values, got {raw!r}")
+        for i, v in enumerate(raw):
+            if not _yaml_safe(v):
+                raise err(where, f"{kind} value {v!r} is not a plain YAML value")
+            if any(same_value(v, w) for w in raw[:i]):
+                raise err(where, f"{kind} lists {v!r} twice")
+        values = tuple(raw)
+    else:
+        if not isinstance(raw, list) or len(raw) != 2:
+            raise err(where, f"{kind} needs [low, high], got {raw!r}")
+        low, high = (_bound(err, where, kind, v) for v in raw)
+        if low > high:
+            raise err(where, f"{kind} low {low!r} > high {high!r}")
+        if kind == "loguniform" and low <= 0:
+            raise err(where, f"loguniform needs low > 0, got {low!r}")
+    baseline = spec.get("baseline")
+    if baseline is not None:
+        if values is not None and not any(same_value(baseline, v) for v in values):
+            raise err(where, f"baseline {baseline!r} is not among the choices {list(values)!r}")
+        if values is None:
+            if isinstance(baseline, str):
+                baseline = _bound(err, where, kind, baseline)
+            if not (_is_int(baseline) if kind == "int" else _is_number(baseline)):
+                raise err(where, f"baseline {baseline!r} must be "
+                                 f"{'an integer' if kind == 'int' else 'a number'}")
+            if not low <= baseline <= high:
+                raise err(where, f"baseline {baseline!r} is outside [{low!r}, {high!r}]")
+    when = spec.get("when")
+    if when is not None:
+        if not isinstance(when, dict) or not when or not all(isinstance(k, str) for k in when):
+            raise err(where, f"when must map earlier params to values, got {when!r}")
+        when = dict(when)
+    return ParamSpec(key=key, kind=kind, values=values, low=low, high=high, baseline=baseline,
+                     when=when)
+
+
+def _str_list(err: _Err, key: str, raw: Any) -> tuple[str, ...]:
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items or not all(isinstance(x, str) and x for x in items):
+        raise err(key, f"must be a string or a non-empty list of strings, got {raw!r}")
+    return tuple(items)
+
+
+def _parse_objectives(err: _Err, data: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    metrics = _str_list(err, "metric", data["metric"])
+    for m in metrics:
+        if not _METRIC_RE.fullmatch(m):
+            raise err("metric", f"unknown metric {m!r}; known: {', '.join(KNOWN_METRICS)}")
+    if len(set(metrics)) != len(metrics):
+        raise err("metric", f"lists a metric twice: {list(metrics)!r}")
+    modes = _str_list(err, "mode", data["mode"])
+    for m in modes:
+        if m not in MODES:
+            raise err("mode", f"unknown mode {m!r}; valid: {', '.join(MODES)}")
+    if isinstance(data["mode"], str):
+        modes = modes * len(metrics)
+    elif len(modes) != len(metrics):
+        raise err("mode", f"{len(modes)} modes for {len(metrics)} metrics; give one per metric")
+    return metrics, modes
+
+
+def _parse_scheduler(err: _Err, raw: Any, n_metrics: int) -> Scheduler:
+    if raw is None or isinstance(raw, str):
+        raw = {"type": raw or "none"}
+    if not isinstance(raw, dict):
+        raise err("scheduler", f"must be none, asha or a mapping, got {raw!r}")
+    unknown = [k for k in raw if k not in _SCHEDULER_KEYS]
+    if unknown:
+        raise err(f"scheduler.{unknown[0]}", f"unknown key; valid: {', '.join(_SCHEDULER_KEYS)}")
+    stype = raw.get("type", "none")
+    if stype not in SCHEDULERS:
+        raise err("scheduler.type", f"unknown scheduler {stype!r}; valid: {', '.join(SCHEDULERS)}")
+    if stype == "none":
+        extra = [k for k in raw if k != "type"]
+        if extra:
+            raise err(f"scheduler.{extra[0]}", "only applies to scheduler type asha")
+        return Scheduler()
+    if n_metrics != 1:
+        raise err("scheduler.type", f"asha needs exactly one metric to compare trials, the space "
+                                    f"has {n_metrics}; use scheduler: none for multi-objective")
+    max_t, grace = raw.get("max_t"), raw.get("grace_period", 1)
+    factor = raw.get("reduction_factor", 2.0)
+    if max_t is not None and (not _is_int(max_t) or max_t < 1):
+        raise err("scheduler.max_t", f"must be an integer >= 1 (epochs) or null, got {max_t!r}")
+    if not _is_int(grace) or grace < 1:
+        raise err("scheduler.grace_period", f"must be an integer >= 1 (epochs), got {grace!r}")
+    if max_t is not None and grace > max_t:
+        raise err("scheduler.grace_period", f"{grace} > max_t {max_t}")
+    if not _is_number(factor) or factor <= 1:
+        raise err("scheduler.reduction_factor", f"must be a number > 1, got {factor!r}")
+    return Scheduler(type="asha", max_t=max_t, grace_period=grace, reduction_factor=float(factor))
+
+
+def _parse_resources(err: _Err, raw: Any) -> Resources:
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise err("resources", f"must be a mapping of {', '.join(_RESOURCE_KEYS)}, got {raw!r}")
+    unknown = [k for k in raw if k not in _RESOURCE_KEYS]
+    if unknown:
+        raise err(f"resources.{unknown[0]}", f"unknown key; valid: {', '.join(_RESOURCE_KEYS)}")
+    cpu, gpu, workers = raw.get("cpu", 1.0), raw.get("gpu", 0.0), raw.get("workers", 1)
+    for key, v in (("cpu", cpu), ("gpu", gpu)):
+        if not _is_number(v) or v < 0:
+            raise err(f"resources.{key}", f"must be a number >= 0 (per worker), got {v!r}")
+    if not _is_int(workers) or workers < 1:
+        raise err("resources.workers", f"must be an integer >= 1, got {workers!r}")
+    return Resources(cpu=float(cpu), gpu=float(gpu), workers=workers)
+
+
+def _parse_seeds(err: _Err, raw: Any) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise err("seeds", f"must be a non-empty list of integers, got {raw!r}")
+    for s in raw:
+        if not _is_int(s):
+            raise err("seeds", f"seed {s!r} is not an integer")
+    if len(set(raw)) != len(raw):
+        raise err("seeds", f"lists a seed twice: {raw!r}")
+    return tuple(raw)
+
+
+def _parse_overrides(err: _Err, raw: Any) -> tuple[str, ...]:
+    raw = [] if raw is None else raw
+    if not isinstance(raw, list):
+        raise err("overrides", f"must be a list of Hydra overrides (key=value), got {raw!r}")
+    for o in raw:
+        if not isinstance(o, str) or not ("=" in o or o.startswith("~")):
+            raise err("overrides", f"{o!r} is not a Hydra override like optim.epochs=4")
+    return tuple(raw)
+
+
+def search_space_from_dict(data: dict, source: str = "<dict>",
+                           default_name: str = "") -> SearchSpace:
+    """Structural checks of the YAML schema and the typed :class:`SearchSpace`.
+
+    Args:
+        data: The parsed YAML.
+        source: What errors name as the file.
+        default_name: ``name`` when the YAML has none (the file's stem).
+
+    Raises:
+        SearchSpaceError: naming ``source`` and the offending key.
+    """
+    err = _Err(source)
+    if not isinstance(data, dict):
+        raise err("<root>", f"a search space is a mapping of {', '.join(TOP_KEYS)}")
+    unknown = [k for k in data if k not in TOP_KEYS]
+    if unknown:
+        raise err(str(unknown[0]), f"unknown top-level key; valid: {', '.join(TOP_KEYS)}")
+    for key in _REQUIRED:
+        if key not in data:
+            raise err(key, "required")
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise err("name", f"must be a non-empty string, got {name!r}")
+    description = data.get("description", "") or ""
+    if not isinstance(description, str):
+        raise err("description", "must be a string")
+    metrics, modes = _parse_objectives(err, data)
+    sampler = data.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise err("sampler", f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+    sampler_seed = data.get("sampler_seed", 0)
+    if not _is_int(sampler_seed):
+        raise err("sampler_seed", f"must be an integer, got {sampler_seed!r}")
+    raw_params = data["params"]
+    if not isinstance(raw_params, dict) or not raw_params:
+        raise err("params", "needs at least one parameter: {dotted.config.key: {choice: [...]}}")
+    params = {k: _parse_param(err, k, v) for k, v in raw_params.items()}
+    check_conditions(params, source)
+    if sampler == "grid":
+        for p in params.values():
+            if not p.categorical:
+                raise err(f"params.{p.key}", f"sampler grid enumerates choices; a {p.kind} "
+                                             "parameter has none (use choice/grid or tpe/random)")
+    grid_size = math.prod(len(p.values) for p in params.values()) if sampler == "grid" else None
+    num_samples = data.get("num_samples", grid_size)
+    if num_samples is None:
+        raise err("num_samples", f"required for sampler {sampler}")
+    if not _is_int(num_samples) or num_samples < 1:
+        raise err("num_samples", f"must be an integer >= 1, got {num_samples!r}")
+    return SearchSpace(
+        name=name, metrics=metrics, modes=modes, sampler=sampler,
+        scheduler=_parse_scheduler(err, data.get("scheduler"), len(metrics)),
+        num_samples=num_samples, seeds=_parse_seeds(err, data.get("seeds", [0])),
+        resources=_parse_resources(err, data.get("resources")), params=params,
+        overrides=_parse_overrides(err, data.get("overrides")), sampler_seed=sampler_seed,
+        description=description, source=source)
+
+
+def list_search_spaces() -> list[str]:
+    """Names of the search spaces shipped in ``vldistill/search_spaces/``, sorted."""
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))
+
+
+def load_search_space(name_or_path: str) -> SearchSpace:
+    """Load a shipped search space by name, or a YAML file by path (structural checks only).
+
+    A string ending in ``.yaml``/``.yml`` or containing a path separator is a path; otherwise
+    a shipped name, else an existing file of that name.
+
+    Raises:
+        SearchSpaceError: for an unknown name (listing the shipped ones), a missing or
+            unreadable file, or a structural error (naming the file and the key).
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    is_path = path.suffix in (".yaml", ".yml") or "/" in text or "\\" in text
+    if not is_path:
+        shipped = SHIPPED_DIR / f"{text}.yaml"
+        if shipped.is_file():
+            path = shipped
+        elif not path.is_file():
+            raise SearchSpaceError(f"unknown search space {text!r}; shipped: "
+                                   f"{', '.join(list_search_spaces())} (or give a .yaml path)")
+    if not path.is_file():
+        raise SearchSpaceError(f"{path}: search space file not found")
+    path = path.resolve()
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SearchSpaceError(f"{path}: not valid YAML: {e}") from None
+    return search_space_from_dict(data, source=str(path), default_name=path.stem)
+
+
+__all__ = [
+    "KNOWN_METRICS", "ParamSpec", "Resources", "Scheduler", "SearchSpace", "SearchSpaceError",
+    "apply_params", "decode_params", "define_by_run", "flatten", "get_dotted", "grid_points",
+    "grid_sampler", "list_search_spaces", "load_search_space", "search_space_from_dict",
+    "set_dotted", "unflatten", "validate_search_space",
+]

@@ -74,3 +74,56 @@ def test_asha_stopped_trials_are_pruned_in_the_optuna_study(cli, tmp_path):
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)
     assert states.count(optuna.trial.TrialState.COMPLETE) == len(rows) - len(pruned)
+
+
+RESUME_SPACE = """
+name: resume_test
+metric: novel_acc
+mode: max
+sampler: random
+sampler_seed: 7
+num_samples: 4
+seeds: [0]
+resources: {cpu: 1, gpu: 0, workers: 1}
+overrides: [experiment=smoke, optim.epochs=4, eval.every=1]
+params:
+  optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
+  distill.weights.mse: {choice: [0.0, 1.0], baseline: 0.0}
+"""
+
+
+def _signature(rows: list[dict]) -> list[tuple]:
+    keys = ("base_acc", "novel_acc", "shift_acc", "hmean")
+    return sorted((round(r["params"]["optim.lr"], 12), r["params"]["distill.weights.mse"], r["seed"],
+                   r["status"], tuple(round(r["metrics"][k], 6) for k in keys)) for r in rows)
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(cli, ray_env, tmp_path):
+    space = tmp_path / "resume.yaml"
+    space.write_text(RESUME_SPACE)
+    reference = tmp_path / "reference"
+    proc = cli(["sweep", f"search_space={space}", f"out_dir={reference}", "--no-wandb"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    out = tmp_path / "interrupted"
+    driver = subprocess.Popen([sys.executable, "-m", "vldistill.platform.cli", "sweep",
+                               f"search_space={space}", f"out_dir={out}", "--no-wandb"],
+                              env=ray_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and driver.poll() is None:
+        if (out / "trials.jsonl").is_file() and (out / "trials.jsonl").read_text().strip():
+            break  # at least one trial finished, others are running: interrupt now (Ctrl-C)
+        time.sleep(0.5)
+    assert driver.poll() is None, "sweep ended before it could be interrupted"
+    driver.send_signal(signal.SIGINT)
+    driver.communicate(timeout=300)
+    first = rows_of(out)
+    assert 1 <= len(first) < 4
+
+    proc = cli(["sweep", "--resume", str(out), "--no-wandb"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = rows_of(out)
+    ids = [r["trial_id"] for r in lines]
+    assert len(ids) == len(set(ids)) == 4, "a finished trial was run (and recorded) twice"
+    assert {r["trial_id"] for r in first} <= set(ids)
+    assert _signature(lines) == _signature(rows_of(reference))

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import time
+from contextlib import nullcontext as _nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -127,7 +128,7 @@ def load_open_clip(name: str, pretrained: str | None) -> Teacher:
         raise ConfigError(f"teacher.name: unknown open_clip model {name!r}; "
                           f"known include: {', '.join(known[:20])}, ... ({len(known)} in all) "
                           "or 'embedded'")
-    key_src = pretrained or "random"
+    key_src = pretrained or "random-init-seed0"  # random weights are seeded: same in every process
     if pretrained and (pretrained.endswith(_CKPT_SUFFIXES) or os.sep in pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
@@ -135,8 +136,12 @@ def load_open_clip(name: str, pretrained: str | None) -> Teacher:
         key_src = file_sha256(path)
         pretrained = str(path.resolve())
     try:
-        model = open_clip.create_model(name, pretrained=pretrained, weights_only=True,
-                                       pretrained_text=False)
+        fork = torch.random.fork_rng() if not pretrained else _nullcontext()
+        with fork:
+            if not pretrained:
+                torch.manual_seed(0)
+            model = open_clip.create_model(name, pretrained=pretrained, weights_only=True,
+                                           pretrained_text=False)
     except Exception as e:  # pickled code refused by weights_only, wrong keys, bad tag
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise ConfigError(f"teacher.pretrained: {pretrained} needs pickled code to load and "

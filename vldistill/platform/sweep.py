@@ -45,8 +45,68 @@ class SweepError(Exception):
 # ----- the trial ---------------------------------------------------------------------------
 
 
+WORKERS_KEY = "__workers__"  # trial config entry: Ray Train workers per trial
+RESOURCES_KEY = "__worker_resources__"  # {"CPU": c, "GPU": g} per worker
+STORAGE_KEY = "__storage__"  # where the inner TorchTrainer keeps its run (the sweep dir)
+
+
+def _numeric(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def train_fn_per_worker(loop_config: dict) -> None:
+    """Ray Train worker: rebuild the typed config from the plain dict, run the loop.
+
+    Every worker calls ``ray.train.report`` each epoch (collective); rank 0 attaches the
+    checkpoint. ``trainers.loop.train`` handles DDP (sharding, SyncBN, gathered eval).
+    """
+    import ray.train
+
+    from vldistill.trainers.config import from_dict
+    from vldistill.trainers.loop import train
+
+    cfg = from_dict(loop_config["cfg"])
+    work = Path(tempfile.mkdtemp(prefix="vldistill-worker-"))
+    try:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is not None:
+            ckpt.to_directory(str(work))
+
+        class _TrainReporter:
+            def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+                checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+                ray.train.report(_numeric(metrics), checkpoint=checkpoint)
+
+        train(cfg, _TrainReporter(), work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _ddp_trial(cfg_dict: dict, workers: int, per_worker: dict, storage: str) -> None:
+    """Tune driver function for a multi-worker trial: a TorchTrainer with a stable name."""
+    from ray import tune
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    use_gpu = per_worker.get("GPU", 0) > 0
+    trainer = TorchTrainer(
+        train_fn_per_worker, train_loop_config={"cfg": cfg_dict},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(name=f"train-trial_id={trial_id}", storage_path=storage,
+                             callbacks=[TuneReportCallback()],
+                             failure_config=FailureConfig(max_failures=2)))
+    trainer.fit()
+
+
 def sweep_trainable(config: dict[str, Any]) -> None:
-    """Tune function trainable: one trial = ``trainers.loop.train`` on this worker."""
+    """Tune function trainable: one trial = ``trainers.loop.train``.
+
+    One worker: the loop runs right here (the cheap path: no Train start-up). Several
+    workers: this function is the trial's driver and runs a ``TorchTrainer``.
+    """
     from ray import tune
     from ray.tune import Checkpoint
 
@@ -54,7 +114,12 @@ def sweep_trainable(config: dict[str, Any]) -> None:
     from vldistill.trainers.config import from_dict
     from vldistill.trainers.loop import train
 
-    cfg = from_dict(unflatten({k: v for k, v in config.items()}))
+    plain = {k: v for k, v in config.items() if not k.startswith("__")}
+    workers = int(config.get(WORKERS_KEY, 1))
+    if workers > 1:
+        _ddp_trial(unflatten(plain), workers, dict(config[RESOURCES_KEY]), config[STORAGE_KEY])
+        return
+    cfg = from_dict(unflatten(plain))
     work = Path(tempfile.mkdtemp(prefix="vldistill-trial-"))
     try:
         ckpt = tune.get_checkpoint()
@@ -63,7 +128,7 @@ def sweep_trainable(config: dict[str, Any]) -> None:
 
         class _TuneReporter:
             def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
-                row = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+                row = _numeric(metrics)
                 if checkpoint_dir:
                     tune.report(row, checkpoint=Checkpoint.from_directory(checkpoint_dir))
                 else:
@@ -123,11 +188,14 @@ def _callbacks_module():
 
 def _error_text(trial) -> str:
     """The exception line of a failed trial (type: message), not the whole traceback."""
+    text = ""
     try:
         err = trial.get_error()
         text = str(err) if err is not None else ""
-    except Exception:  # the error file may be unreadable; the status still says failed
-        text = ""
+    except Exception:  # fall back to the local error file below
+        pass
+    if not text and trial.local_path and (Path(trial.local_path) / "error.txt").is_file():
+        text = (Path(trial.local_path) / "error.txt").read_text(errors="replace")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in reversed(lines):
         if "Error" in ln or "Exception" in ln:
@@ -190,13 +258,20 @@ class _Lock:
 
 
 def _concurrency(resources, cluster: dict) -> int:
-    limits = [int(cluster.get("CPU", 1) // max(resources.cpu * resources.workers, 1e-9))]
+    per_trial = resources.cpu * resources.workers + (0.01 if resources.workers > 1 else 0.0)
+    limits = [int(cluster.get("CPU", 1) // max(per_trial, 1e-9))]
     if resources.gpu > 0:
         limits.append(int(cluster.get("GPU", 0) // (resources.gpu * resources.workers)))
     return max(1, min(limits))
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None, driver_cpu: float = 0.0) -> None:
+    """Join ``address`` / ``$RAY_ADDRESS``, else start a local Ray sized to this machine.
+
+    Multi-worker trials hold a 0.01-CPU driver beside their workers (Ray rejects 0); the
+    local instance gets one extra logical CPU for those drivers so that workers can take
+    every real core.
+    """
     import ray
 
     if ray.is_initialized():
@@ -207,9 +282,9 @@ def _init_ray(address: str | None) -> None:
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
-        log.info("starting a local Ray instance (%d CPUs)", os.cpu_count() or 1)
-        ray.init(num_cpus=os.cpu_count(), runtime_env=env, include_dashboard=False,
-                 log_to_driver=True)
+        cpus = (os.cpu_count() or 1) + (1 if driver_cpu else 0)
+        log.info("starting a local Ray instance (%d CPUs)", cpus)
+        ray.init(num_cpus=cpus, runtime_env=env, include_dashboard=False, log_to_driver=True)
 
 
 def _wandb_callback(sweep_dir: Path, name: str, enabled: bool) -> list:
@@ -249,6 +324,9 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
             space = load_search_space(space_ref or "default")
         except SearchSpaceError as e:
             raise SweepError(str(e)) from None
+        if out_dir and "://" in str(out_dir):
+            raise SweepError(f"out_dir={out_dir}: a file-system path is needed (a shared file system on "
+                             "a cluster, e.g. /mnt/shared/...); s3:// and gs:// URIs are not supported yet")
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         sweep_dir = Path(out_dir or Path("runs") / "sweeps" / f"{space.name}-{stamp}").expanduser().resolve()
         base = load_train_config([*space.overrides, *overrides])
@@ -283,12 +361,12 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
     from vldistill.search_spaces.loader import grid_sampler
     from vldistill.trainers.config import to_dict
 
-    if space.resources.workers > 1:
-        raise SweepError("resources.workers > 1 (Ray Train DDP trials) is not available yet: "
-                         "the scale-out path lands with the multi-worker issue; use workers: 1")
-    _init_ray(address)
-    trainable = tune.with_resources(sweep_trainable, {"cpu": space.resources.cpu,
-                                                       "gpu": space.resources.gpu})
+    res = space.resources
+    _init_ray(address, driver_cpu=0.01 if res.workers > 1 else 0.0)
+    if res.workers > 1:  # the driver holds a sliver; the TorchTrainer's workers hold the rest
+        trainable = tune.with_resources(sweep_trainable, {"cpu": 0.01})
+    else:
+        trainable = tune.with_resources(sweep_trainable, {"cpu": res.cpu, "gpu": res.gpu})
     if resume:
         tuner = tune.Tuner.restore(str(sweep_dir / TUNE_DIR), trainable=trainable,
                                    resume_unfinished=True, restart_errored=False)
@@ -296,6 +374,10 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
         constants = flatten(to_dict(base))
         constants["threads"] = max(1, int(space.resources.cpu))
         constants["progress"] = False
+        if res.workers > 1:
+            constants[WORKERS_KEY] = res.workers
+            constants[RESOURCES_KEY] = {"CPU": res.cpu, "GPU": res.gpu}
+            constants[STORAGE_KEY] = str(sweep_dir / "train")
         if space.sampler == "grid":  # ignores the sampler's study.stop() (invalid outside optimize)
             sampler = grid_sampler(space, seed=space.sampler_seed)
         elif space.sampler == "random":

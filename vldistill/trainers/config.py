@@ -167,6 +167,10 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
     progress: bool = True
     teacher_cache: bool = True  # with augment.views > 0, read teacher targets from the cache
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the student
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -264,6 +268,8 @@ def _check(cond: bool, key: str, msg: str) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Value checks beyond types (registries are checked where they live, see ``loop``)."""
+    _check(cfg.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, got {cfg.device!r}")
+    _check(cfg.precision in ("fp32", "bf16"), "precision", f"must be fp32 or bf16, got {cfg.precision!r}")
     _check(cfg.data.source in ("world", "folder"), "data.source",
            f"must be 'world' or 'folder', got {cfg.data.source!r}")
     _check(cfg.data.source == "world" or cfg.data.root is not None, "data.root",

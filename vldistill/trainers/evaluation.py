@@ -34,13 +34,28 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]  # [B,3,H,W] in [0,1] -> [B,D]
 
 @torch.no_grad()
 def embed_images(encode: Encoder, data: LabelledImages, batch_size: int,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
-    """L2-normalised embeddings of every image of ``data`` (uint8 -> [0, 1] floats)."""
-    out = []
-    for i in range(0, len(data), batch_size):
-        x = data.images[i:i + batch_size].to(device).float() / 255.0
+                 device: torch.device | str = "cpu", dist=None) -> torch.Tensor:
+    """L2-normalised embeddings of every image of ``data`` (uint8 -> [0, 1] floats).
+
+    Under data parallelism (``dist.world > 1``) rank r embeds images r, r + W, ... and the
+    shards are all-gathered back into dataset order: every rank gets every embedding.
+    """
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    index = torch.arange(rank, len(data), world)
+    out = [torch.empty(0, 0)]
+    for i in range(0, len(index), batch_size):
+        x = data.images[index[i:i + batch_size]].to(device).float() / 255.0
         out.append(F.normalize(encode(x).float(), dim=-1).cpu())
-    return torch.cat(out)
+    mine = torch.cat([o for o in out if o.numel()]) if len(out) > 1 else torch.empty(0)
+    if world == 1:
+        return mine
+    import torch.distributed as tdist
+    shards: list = [None] * world
+    tdist.all_gather_object(shards, mine)
+    full = torch.empty(len(data), shards[0].shape[1])
+    for r, shard in enumerate(shards):
+        full[r::world] = shard
+    return full
 
 
 def _acc(emb: torch.Tensor, text: torch.Tensor, labels: torch.Tensor,
@@ -51,12 +66,13 @@ def _acc(emb: torch.Tensor, text: torch.Tensor, labels: torch.Tensor,
 
 @torch.no_grad()
 def evaluate(encode: Encoder, splits: Splits, text: TextTargets, batch_size: int = 512,
-             device: torch.device | str = "cpu") -> dict[str, float]:
-    """Every OOD accuracy of one encoder (student or teacher)."""
+             device: torch.device | str = "cpu", dist=None) -> dict[str, float]:
+    """Every OOD accuracy of one encoder (student or teacher), over the whole sets."""
+    text = TextTargets(text.base.cpu().float(), text.novel.cpu().float(), text.vocab.cpu().float())
     m: dict[str, float] = {}
-    m["base_acc"] = _acc(embed_images(encode, splits.val_base, batch_size, device), text.base,
+    m["base_acc"] = _acc(embed_images(encode, splits.val_base, batch_size, device, dist), text.base,
                          splits.val_base.labels)
-    novel = embed_images(encode, splits.novel, batch_size, device)
+    novel = embed_images(encode, splits.novel, batch_size, device, dist)
     m["novel_acc"] = _acc(novel, text.novel, splits.novel.labels)
     for kind, members in splits.info.novel_kinds.items():
         idx = [splits.info.novel.index(c) for c in members]
@@ -64,7 +80,7 @@ def evaluate(encode: Encoder, splits: Splits, text: TextTargets, batch_size: int
             m[f"novel_acc/{kind}"] = _acc(novel, text.novel, splits.novel.labels, idx)
     m["hmean"] = harmonic_mean(m["base_acc"], m["novel_acc"])
     for d, data in splits.shift.items():
-        m[f"shift_acc/{d}"] = _acc(embed_images(encode, data, batch_size, device), text.base,
+        m[f"shift_acc/{d}"] = _acc(embed_images(encode, data, batch_size, device, dist), text.base,
                                    data.labels)
     if splits.shift:
         m["shift_acc"] = sum(m[f"shift_acc/{d}"] for d in splits.shift) / len(splits.shift)

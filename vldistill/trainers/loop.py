@@ -18,13 +18,14 @@ The final evaluation is part of the last report (Ray Tune may stop a trial right
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -187,9 +188,58 @@ def prepare(cfg: TrainConfig) -> tuple[Splits, Teacher, Any, dict[str, float]]:
     return _MEMO[key]
 
 
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits in a data-parallel group (rank 0 of 1 without DDP)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info() -> Dist:
+    """The torch.distributed group set up by the caller (Ray Train), if any."""
+    import torch.distributed as tdist
+    if tdist.is_available() and tdist.is_initialized():
+        return Dist(tdist.get_rank(), tdist.get_world_size())
+    return Dist()
+
+
+def pick_device(cfg: TrainConfig) -> torch.device:
+    """``device=auto``: the current CUDA device if there is one (Ray Train sets it per worker)."""
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device: {cfg.device!r} requested but CUDA is not available here")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _build_optimizer(student: torch.nn.Module, criterion: torch.nn.Module, cfg: TrainConfig):
+    params = list(student.parameters()) + list(criterion.parameters())  # losses may own weights
+    o = cfg.optim
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=o.lr)
+
+
 def train(cfg: TrainConfig, reporter: Reporter | None = None,
           ckpt_dir: str | os.PathLike | None = None) -> dict[str, float]:
     """Run (or resume) one trial and return its final metrics.
+
+    Under torch.distributed (Ray Train workers) every rank runs this function: the global
+    batch ``optim.batch_size`` is split evenly across ranks, the student is wrapped in DDP
+    (BatchNorm synchronised on CUDA; per worker on CPU, where torch has no SyncBatchNorm),
+    the teacher is never wrapped, evaluation embeddings are
+    gathered so every metric is over the whole evaluation set, rank 0 writes checkpoints,
+    and every rank calls ``reporter.report`` (Ray Train reports are collective).
 
     Args:
         cfg: the validated trial config.
@@ -205,22 +255,19 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
         torch.set_num_threads(cfg.threads)
     reporter = reporter or LogReporter()
     ckpt_path = Path(ckpt_dir) if ckpt_dir is not None else None
-    torch.manual_seed(cfg.seed)
-    device = torch.device("cpu")
-
-    d = cfg.data
+    dist, device = dist_info(), pick_device(cfg)
+    o, d = cfg.optim, cfg.data
+    if o.batch_size % dist.world:
+        raise ConfigError(f"optim.batch_size={o.batch_size} must be divisible by the {dist.world} workers")
     splits, teacher, text, static = prepare(cfg)
+    teacher.to(device)
 
     torch.manual_seed(cfg.seed)
     student = build_student(cfg.student, teacher.embed_dim).to(device)
     loss_kwargs = {n: (asdict(v) if hasattr(v, "__dataclass_fields__") else dict(v))
                    for n in cfg.distill.weights if (v := getattr(cfg.distill, n, None)) is not None}
-    criterion = WeightedLoss(cfg.distill.weights, loss_kwargs)
-    o = cfg.optim
-    decay = [p for p in student.parameters() if p.ndim >= 2]
-    no_decay = [p for p in student.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=o.lr)
+    criterion = WeightedLoss(cfg.distill.weights, loss_kwargs).to(device)
+    opt = _build_optimizer(student, criterion, cfg)
     n_train = len(splits.train)
     steps_per_epoch = max(n_train // o.batch_size, 1)  # drop_last: contrastive batches stay full
     total, warmup = steps_per_epoch * o.epochs, steps_per_epoch * o.warmup_epochs
@@ -232,28 +279,34 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
         opt.load_state_dict(state["optimizer"])
         start_epoch, last = state["epoch"], state.get("metrics", {})
         log.info("resumed from %s after epoch %d", ckpt_path / CKPT_NAME, start_epoch)
+    model = _wrap(student, cfg, dist, device)
     text_dev = {"text_embed": text.base.to(device), "vocab_embed": text.vocab.to(device)}
     views = cfg.augment.views
     cache = None
     if views > 0 and cfg.teacher_cache:
         cache = ensure_cache(teacher, splits, d.image_size, cfg.augment, views,
                              cache_root(cfg.cache_dir), cfg.progress)
+    local_bs = o.batch_size // dist.world
+    encode = lambda im: student(im)["embed"]  # noqa: E731  (eval: the unwrapped module)
+    row: dict[str, float] = {}
 
     for epoch in range(start_epoch, o.epochs):
         t_epoch = time.time()
-        student.train()
+        model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(n_train, generator=gen)
         sums: dict[str, float] = {}
         for i in range(steps_per_epoch):
             step = epoch * steps_per_epoch + i
-            idx = order[i * o.batch_size:(i + 1) * o.batch_size]
+            idx = order[i * o.batch_size:(i + 1) * o.batch_size][dist.rank * local_bs:(dist.rank + 1) * local_bs]
             view = epoch % views if views else epoch
             x = make_views(splits.train.images[idx], view_seed(idx, view), cfg.augment).to(device)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             labels = splits.train.labels[idx].to(device)
-            t_img = cache.lookup(idx, view).to(device) if cache else teacher.encode_images(x)
-            teacher_out = {"image_embed": t_img, **text_dev}
-            loss, logs = criterion(student(x), teacher_out, {"label": labels})
+            with _autocast(cfg, device):
+                t_img = cache.lookup(idx, view).to(device) if cache else teacher.encode_images(x)
+                loss, logs = criterion(model(x), {"image_embed": t_img, **text_dev}, {"label": labels})
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}: "
                                          f"terms {logs}")
@@ -262,17 +315,24 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if o.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), o.grad_clip)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
             opt.step()
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
+        if dist.world > 1:  # every rank saw its shard: log the global mean, as one process would
+            import torch.distributed as tdist
+            keys = sorted(sums)
+            tot = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+            tdist.all_reduce(tot)
+            sums = {k: float(v) / dist.world for k, v in zip(keys, tot)}
         row = {"epoch": epoch + 1, "epochs": o.epochs, "lr": opt.param_groups[0]["lr"],
                **{k: v / steps_per_epoch for k, v in sums.items()},
                "train_seconds": time.time() - t_epoch}
         final = epoch + 1 == o.epochs
         if final or (epoch + 1) % cfg.eval.every == 0:
             student.eval()
-            last = evaluate(lambda im: student(im)["embed"], splits, text, cfg.eval.batch_size, device)
+            with _autocast(cfg, device):
+                last = evaluate(encode, splits, text, cfg.eval.batch_size, device, dist)
         row.update(last)
         if final:
             row.update(student_cost(student, d.image_size, cfg.eval.latency_iters))
@@ -280,14 +340,30 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
             row["wall_seconds"] = time.time() - t_start
         checkpoint = None
         if ckpt_path is not None:
-            save_checkpoint({"student": student.state_dict(), "optimizer": opt.state_dict(),
-                             "epoch": epoch + 1, "metrics": last}, ckpt_path)
-            checkpoint = str(ckpt_path)
+            if dist.main:
+                save_checkpoint({"student": student.state_dict(), "optimizer": opt.state_dict(),
+                                 "epoch": epoch + 1, "metrics": last}, ckpt_path)
+            checkpoint = str(ckpt_path) if dist.main else None
         reporter.report(row, checkpoint)
     if start_epoch >= o.epochs:  # resumed a finished run: re-evaluate for the final row
         student.eval()
         row = {"epoch": o.epochs, "epochs": o.epochs,
-               **evaluate(lambda im: student(im)["embed"], splits, text, cfg.eval.batch_size, device),
+               **evaluate(encode, splits, text, cfg.eval.batch_size, device, dist),
                **student_cost(student, d.image_size, cfg.eval.latency_iters), **static}
-        reporter.report(row, str(ckpt_path))
+        reporter.report(row, str(ckpt_path) if dist.main and ckpt_path else None)
     return row
+
+
+def _wrap(student: torch.nn.Module, cfg: TrainConfig, dist: Dist, device: torch.device) -> torch.nn.Module:
+    """channels_last / torch.compile / DDP (with synchronised BatchNorm) as configured."""
+    model = student
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        if device.type == "cuda":  # SyncBatchNorm is CUDA-only; on CPU (gloo) BN stats are per worker
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    return model

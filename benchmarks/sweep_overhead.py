@@ -1,0 +1,147 @@
+"""Benchmark (b): the platform's overhead -- a sweep vs. the same trials in a plain loop.
+
+The same trials (a grid over ``optim.lr``, a parameter that does not change the cost; seed
+0; the embedded default world and teacher from ``--cache-dir``) run
+
+* through the platform: ``vldistill``'s ``run_sweep`` with ``resources: {cpu: 2}`` (one
+  trial at a time on 2 cores, 2 torch threads each), Ray started and stopped inside;
+* in a plain Python loop calling ``vldistill.trainers.loop.train`` on each trial's config
+  one after another (``threads=2``), no Ray.
+
+Each side is a fresh Python process timed from the outside, so both pay imports the same
+way; the loop composes the base config the way the sweep does and the script checks, after
+the run, that both sides ran exactly the same flattened configs (seed included). With
+``--repeats 2`` (the default) the sides run sweep, loop, loop, sweep to cancel load drift.
+Overhead = sweep wall / loop wall - 1; target <= 15% for trials of 30 s or more.
+
+    python benchmarks/sweep_overhead.py [--quick] [--out /tmp/bench-sweep_overhead.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+FULL = dict(trials=3, epochs=10, repeats=2)
+QUICK = dict(trials=2, epochs=1, repeats=1)
+LRS = [1.0e-3, 1.5e-3, 2.0e-3, 2.5e-3, 3.0e-3, 4.0e-3]
+
+
+def trial_configs(space: dict, overrides: list[str]) -> list[dict]:
+    """The flattened trial configs the sweep runs (its constants + grid point + seed)."""
+    from vldistill.platform.cli import load_train_config
+    from vldistill.search_spaces.loader import flatten
+    from vldistill.trainers.config import to_dict
+
+    base = flatten(to_dict(load_train_config([*space.get("overrides", []), *overrides])))
+    base["threads"] = max(1, int(space["resources"]["cpu"]))  # as sweep._run_tune sets them
+    base["progress"] = False
+    (key, spec), = space["params"].items()
+    return [{**base, key: v, "seed": s} for v in spec["grid"] for s in space["seeds"]]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny trials, to check the script")
+    ap.add_argument("--out", default=None, help="raw numbers (JSON); default /tmp/bench-sweep_overhead[-quick].json")
+    ap.add_argument("--work", default=None, help="default /tmp/bench-sweep_overhead-<time>")
+    ap.add_argument("--cache-dir", default="/tmp/vlcache-default",
+                    help="holds the embedded world and teacher (trained there on first use, ~4 min)")
+    for k, v in FULL.items():
+        ap.add_argument("--" + k, type=int, default=None, help=f"default {v} (quick {QUICK[k]})")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every trial (both sides)")
+    a = ap.parse_args()
+    for k, v in (QUICK if a.quick else FULL).items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    tag = "sweep_overhead" + ("-quick" if a.quick else "")
+    work = Path(a.work or f"/tmp/bench-{tag}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out_json = Path(a.out or f"/tmp/bench-{tag}.json")
+    ov = [f"cache_dir={Path(a.cache_dir).resolve()}", f"optim.epochs={a.epochs}",
+          f"eval.every={a.epochs}", "progress=false", *a.overrides]
+    if a.quick:
+        ov += ["data.images_per_class=5", "data.max_eval_per_class=5", "eval.latency_iters=3"]
+    info = C.machine_info()
+    print(f"[{tag}] work dir {work}; {info['cpus']} CPUs, load {info['load1_at_start']:.2f}", flush=True)
+
+    space = {"name": "sweep_overhead", "description": "benchmark (b): same trials as a plain loop",
+             "metric": "novel_acc", "mode": "max", "sampler": "grid", "sampler_seed": 0,
+             "scheduler": "none", "num_samples": a.trials, "seeds": [0],
+             "resources": {"cpu": 2, "gpu": 0, "workers": 1},
+             "params": {"optim.lr": {"grid": LRS[:a.trials]}}}
+    space_yaml = C.write_space(work / "space.yaml", space)
+    configs = trial_configs(space, ov)  # composed here only to hand them to the loop side
+    C.write_json(work / "loop_configs.json", configs)
+
+    runs: dict[str, list[dict]] = {"sweep": [], "loop": []}
+    for i, s in enumerate(C.side_order(a.repeats)):
+        name = ("sweep", "loop")[s]
+        print(f"  run {i + 1}/{2 * a.repeats}: {name} ...", flush=True)
+        if name == "sweep":
+            r = C.run_sweep_side(space_yaml, work / f"sweep-{i}", ov)
+            r["trial_seconds"] = [row["wall_seconds"] for row in r["rows"]]
+            r["configs_match"] = sorted(json.dumps(row["config"], sort_keys=True) for row in r["rows"]) == \
+                sorted(json.dumps(c, sort_keys=True) for c in configs)
+            r["statuses"] = sorted({row["status"] for row in r["rows"]})
+            r["novel_acc"] = {row["params"]["optim.lr"]: row["metrics"].get("novel_acc") for row in r["rows"]}
+        else:
+            timing = work / f"loop-{i}.timing.json"
+            r = C.run_child(["loop", str(work / "loop_configs.json"), str(timing)],
+                            work / f"loop-{i}.log", timing)
+            r["novel_acc"] = {c["optim.lr"]: t["novel_acc"] for c, t in zip(configs, r["trials"])}
+            r["trial_seconds"] = [t["seconds"] for t in r["trials"]]
+        print(f"    {r['wall_seconds']:.1f} s wall; trials {', '.join(f'{t:.1f}' for t in r['trial_seconds'])} s; "
+              f"load {r['load1_mean']:.2f}", flush=True)
+        runs[name].append(r)
+
+    sw = [r["wall_seconds"] for r in runs["sweep"]]
+    lp = [r["wall_seconds"] for r in runs["loop"]]
+    overhead = statistics.mean(sw) / statistics.mean(lp) - 1
+    per_pair = [s / l - 1 for s, l in zip(sw, lp)]
+    loop_trial = statistics.mean(t for r in runs["loop"] for t in r["trial_seconds"])
+    match = all(r["configs_match"] for r in runs["sweep"])
+    same_acc = all(r["novel_acc"] == runs["loop"][0]["novel_acc"] for r in runs["sweep"] + runs["loop"])
+    result = {"benchmark": "sweep_overhead", "quick": a.quick, "machine": info,
+              "setup": {"trials": a.trials, "epochs": a.epochs, "overrides": ov, "space": space,
+                        "repeats": a.repeats, "order": [("sweep", "loop")[s] for s in C.side_order(a.repeats)]},
+              "runs": {k: [{kk: vv for kk, vv in r.items() if kk != "rows"} for r in v] for k, v in runs.items()},
+              "overhead": overhead, "overhead_per_pair": per_pair, "loop_trial_seconds_mean": loop_trial,
+              "configs_match": match, "same_novel_acc": same_acc,
+              "target_met": overhead <= 0.15 and loop_trial >= 30}
+    C.write_json(out_json, result)
+
+    print()
+    print(C.fmt_table(["side", "run", "wall s", "per trial s (mean)", "import s", "prepare s", "load1 mean"],
+                      [[k, i, r["wall_seconds"], statistics.mean(r["trial_seconds"]), r.get("import_seconds", 0.0),
+                        r.get("prepare_seconds", float("nan")), r["load1_mean"]]
+                       for k in ("sweep", "loop") for i, r in enumerate(runs[k])]))
+    print()
+    print(f"{a.trials} trials x {a.epochs} epochs, one at a time at 2 threads; loop trial {loop_trial:.1f} s on average")
+    print(f"sweep wall {statistics.mean(sw):.1f} s vs loop wall {statistics.mean(lp):.1f} s -> overhead "
+          f"{100 * overhead:.1f}% (per pair: {', '.join(f'{100 * p:.1f}%' for p in per_pair)}); "
+          f"target <= 15% for trials >= 30 s: {'met' if result['target_met'] else 'MISSED'}")
+    def m(key: str) -> float:
+        return statistics.mean(r.get(key, float("nan")) for r in runs["sweep"])
+
+    loop_train = statistics.mean(sum(r["trial_seconds"]) for r in runs["loop"])
+    print(f"where the sweep's extra {statistics.mean(sw) - statistics.mean(lp):.1f} s go (means): driver's shared "
+          f"prepare {m('prepare_seconds'):.1f} s, Ray start {m('ray_start_seconds'):.1f} s, report "
+          f"{m('report_seconds'):.1f} s, Tune phase {m('tune_seconds'):.1f} s vs the loop's trials "
+          f"{loop_train:.1f} s (actor start, imports and loading in the trial process, scheduling), "
+          f"the rest (process start, Ray shutdown) "
+          f"{statistics.mean(sw) - m('prepare_seconds') - m('ray_start_seconds') - m('report_seconds') - m('tune_seconds'):.1f} s "
+          f"vs the loop's process start/imports {statistics.mean(lp) - loop_train:.1f} s")
+    print(f"identical configs on both sides: {match}; identical novel_acc per config: {same_acc}")
+    print(f"raw numbers: {out_json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -68,7 +68,16 @@ class LoadSampler:
 def machine_info() -> dict[str, Any]:
     import torch
 
+    def git(*args: str) -> str:  # read-only
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
     return {"date": _dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
+            "commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted_files": len([ln for ln in git("status", "--porcelain").splitlines() if ln.strip()]),
             "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "load1_at_start": os.getloadavg()[0]}
 

@@ -113,9 +113,10 @@ def cmd_train(overrides: Sequence[str]) -> dict:
     import yaml
 
     from vldistill.trainers.config import to_dict
-    from vldistill.trainers.loop import train
+    from vldistill.trainers.loop import prepare, train
 
     cfg = load_train_config(overrides)
+    prepare(cfg)  # data and teacher load (or fail, naming the file) before out_dir is touched
     out = Path(cfg.out_dir or Path("runs") / "train" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     out = out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)

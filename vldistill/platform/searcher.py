@@ -40,8 +40,8 @@ class DefineByRun:
 
 
 def was_stopped_early(result: dict | None) -> bool:
-    """True when a trial's last result is before its final epoch."""
-    if not result or "epoch" not in result or "epochs" not in result:
+    """True when a trial's last result is before its final epoch (and it did not fail)."""
+    if not result or "epoch" not in result or "epochs" not in result or result.get("trial_error"):
         return False
     return int(result["epoch"]) < int(result["epochs"])
 
@@ -92,7 +92,7 @@ class SeededOptunaSearch(OptunaSearch):
         outcomes = list(group.values())
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         try:
-            if any(err or not res for res, err in outcomes):
+            if any(err or not res or res.get("trial_error") for res, err in outcomes):
                 self._ot_study.tell(ot_trial, None, state=TrialState.FAIL)
             elif any(was_stopped_early(res) for res, _ in outcomes):
                 self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)

@@ -48,6 +48,7 @@ class SweepError(Exception):
 WORKERS_KEY = "__workers__"  # trial config entry: Ray Train workers per trial
 RESOURCES_KEY = "__worker_resources__"  # {"CPU": c, "GPU": g} per worker
 STORAGE_KEY = "__storage__"  # where the inner TorchTrainer keeps its run (the sweep dir)
+ERROR_KEY = "trial_error"  # last result of a trial that ended itself on a deterministic error
 
 
 def _numeric(metrics: dict) -> dict:
@@ -112,7 +113,7 @@ def sweep_trainable(config: dict[str, Any]) -> None:
 
     from vldistill.search_spaces.loader import unflatten
     from vldistill.trainers.config import from_dict
-    from vldistill.trainers.loop import train
+    from vldistill.trainers.loop import NonFiniteLossError, train
 
     plain = {k: v for k, v in config.items() if not k.startswith("__")}
     workers = int(config.get(WORKERS_KEY, 1))
@@ -134,7 +135,12 @@ def sweep_trainable(config: dict[str, Any]) -> None:
                 else:
                     tune.report(row)
 
-        train(cfg, _TuneReporter(), work)
+        try:
+            train(cfg, _TuneReporter(), work)
+        except NonFiniteLossError as e:
+            # Deterministic: retrying from the checkpoint would fail again. End the trial with
+            # its reason instead of an error (errors are retried: FailureConfig below).
+            tune.report({"epoch": 0, "epochs": cfg.optim.epochs, ERROR_KEY: f"NonFiniteLossError: {e}"})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -178,7 +184,11 @@ def _callbacks_module():
                      status, trial.config.get("seed"), shown, error or acc)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._write(trial, "pruned" if was_stopped_early(trial.last_result) else "completed", None)
+            reason = (trial.last_result or {}).get(ERROR_KEY)
+            if reason:
+                self._write(trial, "failed", str(reason))
+            else:
+                self._write(trial, "pruned" if was_stopped_early(trial.last_result) else "completed", None)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._write(trial, "failed", _error_text(trial))
@@ -336,12 +346,14 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
             raise SweepError(str(e)) from None
         if (sweep_dir / ROWS).exists() or (sweep_dir / TUNE_DIR).exists():
             raise SweepError(f"{sweep_dir} already holds a sweep; use --resume {sweep_dir} or another out_dir")
+    # Shared assets first: a teacher checkpoint that cannot load (missing, pickled code) or
+    # a broken dataset fails here, before the sweep directory gets a single file.
+    prepare_shared(base)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with _Lock(sweep_dir):
         if not resume:
             (sweep_dir / "search_space.yaml").write_text(yaml.safe_dump(space.to_dict(), sort_keys=False))
             (sweep_dir / "base_config.yaml").write_text(yaml.safe_dump(to_dict(base), sort_keys=False))
-        prepare_shared(base)
         _run_tune(space, base, sweep_dir, resume is not None, address, wandb, flatten)
         write_csv(sweep_dir)
         _write_summary(sweep_dir, space)
@@ -412,7 +424,9 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
                                         reuse_actors=True),
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir), callbacks=callbacks,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      # a crashed trial process restarts from its last
+                                      # checkpoint (deterministic errors end the trial instead)
+                                      failure_config=tune.FailureConfig(max_failures=2),
                                       verbose=1))
     tuner.fit()
 

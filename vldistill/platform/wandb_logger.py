@@ -78,7 +78,10 @@ def make_callback(sweep_dir: Path, group: str, project: str | None = None):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             from vldistill.platform.searcher import was_stopped_early
-            self._finish(trial, "pruned" if was_stopped_early(trial.last_result) else "completed")
+            if (trial.last_result or {}).get("trial_error"):
+                self._finish(trial, "failed")
+            else:
+                self._finish(trial, "pruned" if was_stopped_early(trial.last_result) else "completed")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._finish(trial, "failed")

@@ -307,7 +307,13 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
             with _autocast(cfg, device):
                 t_img = cache.lookup(idx, view).to(device) if cache else teacher.encode_images(x)
                 loss, logs = criterion(model(x), {"image_embed": t_img, **text_dev}, {"label": labels})
-            if not torch.isfinite(loss):
+            finite = bool(torch.isfinite(loss))
+            if dist.world > 1:  # all ranks stop together: one rank alone would hang the others
+                import torch.distributed as tdist
+                flag = torch.tensor([1.0 if finite else 0.0], device=device)
+                tdist.all_reduce(flag, op=tdist.ReduceOp.MIN)
+                finite = bool(flag.item() > 0)
+            if not finite:
                 raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}: "
                                          f"terms {logs}")
             for g in opt.param_groups:

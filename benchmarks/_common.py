@@ -249,11 +249,13 @@ def _child_loop(configs_path: str, timing_path: str) -> None:
         cfg = from_dict(unflatten(dict(flat)))
         work = Path(tempfile.mkdtemp(prefix="vldistill-loop-"))
         t = time.perf_counter()
+        reporter = LogReporter()
         try:
-            m = train(cfg, LogReporter(), work)
+            m = train(cfg, reporter, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         timing["trials"].append({"seconds": time.perf_counter() - t, "epochs": int(m.get("epoch", 0)),
+                                 "train_loop_seconds": sum(h.get("train_seconds", 0.0) for h in reporter.history),
                                  "novel_acc": m.get("novel_acc"), "seed": cfg.seed,
                                  "wall_seconds_in_train": m.get("wall_seconds")})
     Path(timing_path).write_text(json.dumps(timing))

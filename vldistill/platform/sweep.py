@@ -374,6 +374,15 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
     from vldistill.trainers.config import to_dict
 
     res = space.resources
+    sch = space.scheduler
+    if sch.type == "asha" and (sch.grace_period % base.eval.every or float(sch.reduction_factor) % 1):
+        raise SweepError(f"scheduler asha compares {space.metrics[0]} at epochs grace_period x "
+                         f"reduction_factor^k = {sch.grace_period}, {sch.grace_period * sch.reduction_factor:g},"
+                         f" ...; eval.every={base.eval.every} must divide grace_period and "
+                         "reduction_factor must be a whole number (set eval.every in the overrides)")
+    # Epochs without an evaluation report no accuracy; Tune's strict check would kill the
+    # sweep at epoch 1. The searcher only reads the metric where it is present.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     _init_ray(address, driver_cpu=0.01 if res.workers > 1 else 0.0)
     if res.workers > 1:  # the driver holds a sliver; the TorchTrainer's workers hold the rest
         trainable = tune.with_resources(sweep_trainable, {"cpu": 0.01})

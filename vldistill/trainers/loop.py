@@ -335,11 +335,11 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
                **{k: v / steps_per_epoch for k, v in sums.items()},
                "train_seconds": time.time() - t_epoch}
         final = epoch + 1 == o.epochs
-        if final or (epoch + 1) % cfg.eval.every == 0:
+        if final or (epoch + 1) % cfg.eval.every == 0:  # other epochs carry no (stale) accuracy
             student.eval()
             with _autocast(cfg, device):
                 last = evaluate(encode, splits, text, cfg.eval.batch_size, device, dist)
-        row.update(last)
+            row.update(last)
         if final:
             row.update(student_cost(student, d.image_size, cfg.eval.latency_iters))
             row.update(static)

@@ -19,6 +19,7 @@ import argparse
 import datetime as _dt
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,29 @@ def compose_config(overrides: Sequence[str]) -> dict:
             cfg = compose(config_name="config", overrides=list(overrides))
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException) as e:
-        raise UsageError(f"config: {e}".strip()) from None
+        m = re.match(r"Could not override '([^']+)'", str(e))
+        hint = _unknown_key_hint(m.group(1)) if m else None
+        raise UsageError(hint or f"config: {e}".strip()) from None
+
+
+def _unknown_key_hint(key: str) -> str | None:
+    """``unknown config key 'optim.lrr'; valid keys under 'optim': ...`` (None if ``key`` exists)."""
+    import dataclasses
+    import typing
+
+    from vldistill.trainers.config import TrainConfig
+
+    tp, parts = TrainConfig, key.split(".")
+    for part in parts[:-1]:
+        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
+        if part not in hints:
+            return None
+        tp = hints[part]
+    if not dataclasses.is_dataclass(tp) or parts[-1] in {f.name for f in dataclasses.fields(tp)}:
+        return None
+    parent = ".".join(parts[:-1]) or "<root>"
+    return (f"unknown config key '{key}'; valid keys under '{parent}': "
+            f"{', '.join(f.name for f in dataclasses.fields(tp))}")
 
 
 def load_train_config(overrides: Sequence[str]):

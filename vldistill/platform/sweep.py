@@ -183,7 +183,14 @@ def _callbacks_module():
             log.info("[%d/%d] trial %s %s (seed %s; %s) %s", self.done, self.total, trial.trial_id,
                      status, trial.config.get("seed"), shown, error or acc)
 
+        def _has_row(self, trial) -> bool:
+            # A driver killed after writing a row but before Tune snapshotted the trial as
+            # finished restores it as RUNNING on --resume: it ends again; keep the first row.
+            return any(r["trial_id"] == trial.trial_id for r in read_rows(Path(self.sweep_dir)))
+
         def on_trial_complete(self, iteration, trials, trial, **info):
+            if self._has_row(trial):
+                return
             reason = (trial.last_result or {}).get(ERROR_KEY)
             if reason:
                 self._write(trial, "failed", str(reason))
@@ -191,7 +198,8 @@ def _callbacks_module():
                 self._write(trial, "pruned" if was_stopped_early(trial.last_result) else "completed", None)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._write(trial, "failed", _error_text(trial))
+            if not self._has_row(trial):
+                self._write(trial, "failed", _error_text(trial))
 
     return RowWriter
 
@@ -266,6 +274,22 @@ class _Lock:
         fcntl.flock(self.fh, fcntl.LOCK_UN)
         self.fh.close()
 
+    @staticmethod
+    def check_free(sweep_dir: Path) -> None:
+        """Raise the "in use" error now if a running sweep holds ``sweep_dir``'s lock."""
+        path = sweep_dir / ".lock"
+        if not path.is_file():
+            return
+        with open(path, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                owner = fh.read().strip() or "another process"
+                raise SweepError(f"{sweep_dir} is in use by a running sweep ({owner}); "
+                                 "use another out_dir, or wait for it to finish") from None
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
 
 def _concurrency(resources, cluster: dict) -> int:
     per_trial = resources.cpu * resources.workers + (0.01 if resources.workers > 1 else 0.0)
@@ -315,6 +339,16 @@ def prepare_shared(cfg) -> None:
     log.info("shared assets ready in %.0f s (dataset, teacher, teacher metrics)", time.time() - t0)
 
 
+def _check_asha_eval(space, base) -> None:
+    """ASHA's rungs (grace_period x reduction_factor^k) must be epochs with an evaluation."""
+    sch = space.scheduler
+    if sch.type == "asha" and (sch.grace_period % base.eval.every or float(sch.reduction_factor) % 1):
+        raise SweepError(f"scheduler asha compares {space.metrics[0]} at epochs grace_period x "
+                         f"reduction_factor^k = {sch.grace_period}, {sch.grace_period * sch.reduction_factor:g},"
+                         f" ...; eval.every={base.eval.every} must divide grace_period and "
+                         "reduction_factor must be a whole number (set eval.every in the overrides)")
+
+
 def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str | None = None,
               resume: str | None = None, address: str | None = None, wandb: bool = True) -> Path:
     """Run (or resume) a sweep and return its directory."""
@@ -327,6 +361,7 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
         sweep_dir = Path(resume).expanduser().resolve()
         if not (sweep_dir / "search_space.yaml").is_file():
             raise SweepError(f"--resume {sweep_dir}: no search_space.yaml there; not a sweep directory")
+        _Lock.check_free(sweep_dir)
         space = load_search_space(str(sweep_dir / "search_space.yaml"))
         base = from_dict(yaml.safe_load((sweep_dir / "base_config.yaml").read_text()))
     else:
@@ -344,6 +379,8 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
             validate_search_space(space, to_dict(base))
         except SearchSpaceError as e:
             raise SweepError(str(e)) from None
+        _check_asha_eval(space, base)
+        _Lock.check_free(sweep_dir)
         if (sweep_dir / ROWS).exists() or (sweep_dir / TUNE_DIR).exists():
             raise SweepError(f"{sweep_dir} already holds a sweep; use --resume {sweep_dir} or another out_dir")
     # Shared assets first: a teacher checkpoint that cannot load (missing, pickled code) or
@@ -374,12 +411,6 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
     from vldistill.trainers.config import to_dict
 
     res = space.resources
-    sch = space.scheduler
-    if sch.type == "asha" and (sch.grace_period % base.eval.every or float(sch.reduction_factor) % 1):
-        raise SweepError(f"scheduler asha compares {space.metrics[0]} at epochs grace_period x "
-                         f"reduction_factor^k = {sch.grace_period}, {sch.grace_period * sch.reduction_factor:g},"
-                         f" ...; eval.every={base.eval.every} must divide grace_period and "
-                         "reduction_factor must be a whole number (set eval.every in the overrides)")
     # Epochs without an evaluation report no accuracy; Tune's strict check would kill the
     # sweep at epoch 1. The searcher only reads the metric where it is present.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")

@@ -291,6 +291,10 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.augment.views >= 0, "augment.views", "must be >= 0")
     _check("{}" in cfg.distill.text.template, "distill.text.template",
            "must contain '{}' where the class name goes")
+    for key, tau in (("distill.cls.tau", cfg.distill.cls.tau), ("distill.im_cst.tau", cfg.distill.im_cst.tau),
+                     ("distill.vlprox.tau", cfg.distill.vlprox.tau)):
+        _check(tau > 0, key, f"must be > 0 (a softmax temperature), got {tau}")
+    _check(cfg.distill.vlprox.k >= 1, "distill.vlprox.k", f"must be >= 1, got {cfg.distill.vlprox.k}")
     for name, w in cfg.distill.weights.items():
         _check(w >= 0, f"distill.weights.{name}", f"must be >= 0, got {w}")
     _check(any(w > 0 for w in cfg.distill.weights.values()), "distill.weights",

@@ -97,6 +97,23 @@ def read_dataset(root: str | Path, train_domain: str) -> DatasetInfo:
         extra = sorted(set(members) - set(novel))
         if extra:
             raise DataError(f"{root / 'classes.json'}: novel_kinds.{kind} lists non-novel classes {extra}")
+    classes = base + novel
+    attributes = spec.get("attributes") or {}
+    if attributes:
+        missing = [c for c in classes if not isinstance(attributes.get(c), dict)]
+        if missing:
+            raise DataError(f"{root / 'classes.json'}: attributes has no entry for classes {missing}; "
+                            "every base and novel class needs {attribute: value}")
+        names = sorted(attributes[classes[0]])
+        for c in classes:
+            if sorted(attributes[c]) != names:
+                raise DataError(f"{root / 'classes.json'}: attributes of {c!r} are {sorted(attributes[c])}, "
+                                f"expected {names}")
+    if (root / "attributes.json").is_file():
+        sentences = _read_json(root / "attributes.json")
+        missing = [c for c in classes if not sentences.get(c)] if isinstance(sentences, dict) else classes
+        if missing:
+            raise DataError(f"{root / 'attributes.json'}: no sentences for classes {missing}")
     return DatasetInfo(root, base, novel, {k: list(v) for k, v in kinds.items()},
                        dict(spec.get("names") or {}), domains, train_domain,
                        dict(spec.get("attributes") or {}))

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from hand_math import ce, kl, lse
 
 from vldistill.trainers.losses import LOSSES, WeightedLoss, build_loss
 
@@ -19,20 +20,7 @@ T_TXT = [[1.0, 0.0], [0.0, 1.0]]
 LABEL = [0, 1]
 
 
-def _lse(*xs: float) -> float:
-    m = max(xs)
-    return m + math.log(sum(math.exp(x - m) for x in xs))
-
-
-def _ce(logits: list[float], target: int) -> float:
-    return _lse(*logits) - logits[target]
-
-
-def _kl(p_logits: list[float], q_logits: list[float]) -> float:
-    """KL(softmax(p) || softmax(q)) written out with math."""
-    lp = [x - _lse(*p_logits) for x in p_logits]
-    lq = [x - _lse(*q_logits) for x in q_logits]
-    return sum(math.exp(a) * (a - b) for a, b in zip(lp, lq))
+_lse, _ce, _kl = lse, ce, kl  # shared hand formulas (hand_math.py)
 
 
 def _inputs(embed=S_RAW, image=T_IMG, text=T_TXT, label=LABEL, vocab=None):

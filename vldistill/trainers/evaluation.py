@@ -42,17 +42,17 @@ def embed_images(encode: Encoder, data: LabelledImages, batch_size: int,
     """
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
     index = torch.arange(rank, len(data), world)
-    out = [torch.empty(0, 0)]
+    out = []
     for i in range(0, len(index), batch_size):
         x = data.images[index[i:i + batch_size]].to(device).float() / 255.0
         out.append(F.normalize(encode(x).float(), dim=-1).cpu())
-    mine = torch.cat([o for o in out if o.numel()]) if len(out) > 1 else torch.empty(0)
+    mine = torch.cat(out) if out else torch.empty(0, 0)  # a rank may hold no image
     if world == 1:
         return mine
     import torch.distributed as tdist
     shards: list = [None] * world
     tdist.all_gather_object(shards, mine)
-    full = torch.empty(len(data), shards[0].shape[1])
+    full = torch.empty(len(data), max(shard.shape[1] for shard in shards))
     for r, shard in enumerate(shards):
         full[r::world] = shard
     return full

@@ -81,7 +81,7 @@ class WorldSpec:
 
     def key(self) -> str:
         """Content key of the written world (changes whenever any image would)."""
-        blob = json.dumps({"v": 3, **asdict(self)}, sort_keys=True).encode()
+        blob = json.dumps({"v": 4, **asdict(self)}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -188,7 +188,7 @@ class World:
         v += [f"a photo of a {s}." for s in R.SHAPES]
         v += [f"a photo of a {p} shape." for p in R.PATTERNS]
         v += [f"a photo of a {z} shape." for z in R.SIZES]
-        v += [f"{R_DOMAIN} of a shape." for R_DOMAIN in (p[0] for p in DOMAIN_PHRASES.values())]
+        v += [f"{phrases[0]} a shape." for phrases in DOMAIN_PHRASES.values()]
         v += [f"a shape with {d}." for d in SHAPE_DESCRIPTIONS.values()]
         v += [f"a shape in {d}." for d in COLOUR_DESCRIPTIONS.values()]
         return v

@@ -48,6 +48,8 @@ class SweepError(Exception):
 WORKERS_KEY = "__workers__"  # trial config entry: Ray Train workers per trial
 RESOURCES_KEY = "__worker_resources__"  # {"CPU": c, "GPU": g} per worker
 STORAGE_KEY = "__storage__"  # where the inner TorchTrainer keeps its run (the sweep dir)
+PLACEMENT_KEY = "__placement__"  # Ray placement strategy of a multi-worker trial's workers
+NODES_KEY = "nodes"  # reported by every trial: the Ray node ids its training ran on
 ERROR_KEY = "trial_error"  # last result of a trial that ended itself on a deterministic error
 
 
@@ -67,6 +69,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
     from vldistill.trainers.loop import train
 
     cfg = from_dict(loop_config["cfg"])
+    nodes = _group_nodes()
     work = Path(tempfile.mkdtemp(prefix="vldistill-worker-"))
     try:
         ckpt = ray.train.get_checkpoint()
@@ -76,14 +79,33 @@ def train_fn_per_worker(loop_config: dict) -> None:
         class _TrainReporter:
             def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-                ray.train.report(_numeric(metrics), checkpoint=checkpoint)
+                ray.train.report({**_numeric(metrics), NODES_KEY: nodes}, checkpoint=checkpoint)
 
         train(cfg, _TrainReporter(), work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _ddp_trial(cfg_dict: dict, workers: int, per_worker: dict, storage: str) -> None:
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def _group_nodes() -> str:
+    """The node ids of every rank of this worker group, in rank order, comma-separated
+    (a collective: every rank calls it once, after Ray Train set up the process group)."""
+    import torch.distributed as tdist
+
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return _node_id()
+    ids: list = [None] * tdist.get_world_size()
+    tdist.all_gather_object(ids, _node_id())
+    return ",".join(ids)
+
+
+def _ddp_trial(cfg_dict: dict, workers: int, per_worker: dict, storage: str,
+               placement: str = "pack") -> None:
     """Tune driver function for a multi-worker trial: a TorchTrainer with a stable name."""
     from ray import tune
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -95,7 +117,8 @@ def _ddp_trial(cfg_dict: dict, workers: int, per_worker: dict, storage: str) -> 
     trainer = TorchTrainer(
         train_fn_per_worker, train_loop_config={"cfg": cfg_dict},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker=per_worker),
+                                     resources_per_worker=per_worker,
+                                     placement_strategy=placement.upper()),
         run_config=RunConfig(name=f"train-trial_id={trial_id}", storage_path=storage,
                              callbacks=[TuneReportCallback()],
                              failure_config=FailureConfig(max_failures=2)))
@@ -118,7 +141,8 @@ def sweep_trainable(config: dict[str, Any]) -> None:
     plain = {k: v for k, v in config.items() if not k.startswith("__")}
     workers = int(config.get(WORKERS_KEY, 1))
     if workers > 1:
-        _ddp_trial(unflatten(plain), workers, dict(config[RESOURCES_KEY]), config[STORAGE_KEY])
+        _ddp_trial(unflatten(plain), workers, dict(config[RESOURCES_KEY]), config[STORAGE_KEY],
+                   config.get(PLACEMENT_KEY, "pack"))
         return
     cfg = from_dict(unflatten(plain))
     work = Path(tempfile.mkdtemp(prefix="vldistill-trial-"))
@@ -127,9 +151,11 @@ def sweep_trainable(config: dict[str, Any]) -> None:
         if ckpt is not None:
             ckpt.to_directory(str(work))
 
+        node = _node_id()
+
         class _TuneReporter:
             def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
-                row = _numeric(metrics)
+                row = {**_numeric(metrics), NODES_KEY: node}
                 if checkpoint_dir:
                     tune.report(row, checkpoint=Checkpoint.from_directory(checkpoint_dir))
                 else:
@@ -173,7 +199,8 @@ def _callbacks_module():
                    "metrics": metrics, "epochs": int(result.get("epoch", 0)),
                    "planned_epochs": int(result.get("epochs", trial.config.get("optim.epochs", 0))),
                    "wall_seconds": float(result.get("time_total_s", 0.0)),
-                   "resources": self.resources}
+                   "resources": self.resources,
+                   "nodes": [n for n in str(result.get(NODES_KEY) or "").split(",") if n]}
             with open(Path(self.sweep_dir) / ROWS, "a") as f:
                 f.write(json.dumps(row) + "\n")
             self.done += 1
@@ -292,6 +319,9 @@ class _Lock:
 
 
 def _concurrency(resources, cluster: dict) -> int:
+    """Trials at once: ``resources.max_concurrent`` if set, else what the cluster holds now."""
+    if resources.max_concurrent is not None:
+        return resources.max_concurrent
     per_trial = resources.cpu * resources.workers + (0.01 if resources.workers > 1 else 0.0)
     limits = [int(cluster.get("CPU", 1) // max(per_trial, 1e-9))]
     if resources.gpu > 0:
@@ -430,6 +460,7 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
             constants[WORKERS_KEY] = res.workers
             constants[RESOURCES_KEY] = {"CPU": res.cpu, "GPU": res.gpu}
             constants[STORAGE_KEY] = str(sweep_dir / "train")
+            constants[PLACEMENT_KEY] = res.placement
         if space.sampler == "grid":  # ignores the sampler's study.stop() (invalid outside optimize)
             sampler = grid_sampler(space, seed=space.sampler_seed)
         elif space.sampler == "random":

@@ -47,7 +47,8 @@ TOP_KEYS = ("name", "description", "metric", "mode", "sampler", "sampler_seed", 
 _REQUIRED = ("metric", "mode", "params")
 _SPEC_KEYS = KINDS + ("baseline", "when")
 _SCHEDULER_KEYS = ("type", "max_t", "grace_period", "reduction_factor")
-_RESOURCE_KEYS = ("cpu", "gpu", "workers")
+_RESOURCE_KEYS = ("cpu", "gpu", "workers", "placement", "max_concurrent")
+PLACEMENTS = ("pack", "spread", "strict_pack", "strict_spread")
 
 # Metrics a trial reports (trainers/evaluation.py, loop.py); `<domain>`/`<kind>` are free.
 KNOWN_METRICS = ("base_acc", "novel_acc", "hmean", "shift_acc", "shift_acc/<domain>",
@@ -224,7 +225,12 @@ def _parse_resources(err: _Err, raw: Any) -> Resources:
             raise err(f"resources.{key}", f"must be a number >= 0 (per worker), got {v!r}")
     if not _is_int(workers) or workers < 1:
         raise err("resources.workers", f"must be an integer >= 1, got {workers!r}")
-    return Resources(cpu=float(cpu), gpu=float(gpu), workers=workers)
+    placement, cap = raw.get("placement", "pack"), raw.get("max_concurrent")
+    if placement not in PLACEMENTS:
+        raise err("resources.placement", f"must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+    if cap is not None and (not _is_int(cap) or cap < 1):
+        raise err("resources.max_concurrent", f"must be an integer >= 1 (or null: from the cluster), got {cap!r}")
+    return Resources(cpu=float(cpu), gpu=float(gpu), workers=workers, placement=placement, max_concurrent=cap)
 
 
 def _parse_seeds(err: _Err, raw: Any) -> tuple[int, ...]:

@@ -141,14 +141,29 @@ class Scheduler:
 
 @dataclass(frozen=True)
 class Resources:
-    """Per trial: CPUs and GPUs of each worker, and the number of workers."""
+    """Per trial: CPUs and GPUs of each worker, the number of workers, and where they go.
+
+    ``placement`` is the Ray placement strategy of a multi-worker trial's worker group
+    (``pack``: as few nodes as possible, Ray's default; ``spread``: across nodes when it can;
+    ``strict_spread``: every worker on a different node -- a DDP trial that must span nodes).
+    ``max_concurrent`` caps the trials running at once; ``None`` derives it from the cluster's
+    CPUs/GPUs when the sweep starts (set it on an autoscaling cluster, whose nodes do not
+    exist yet at that moment).
+    """
 
     cpu: float = 1.0
     gpu: float = 0.0
     workers: int = 1
+    placement: str = "pack"
+    max_concurrent: int | None = None
 
     def to_dict(self) -> dict:
-        return {"cpu": self.cpu, "gpu": self.gpu, "workers": self.workers}
+        out = {"cpu": self.cpu, "gpu": self.gpu, "workers": self.workers}
+        if self.placement != "pack":
+            out["placement"] = self.placement
+        if self.max_concurrent is not None:
+            out["max_concurrent"] = self.max_concurrent
+        return out
 
 
 @dataclass(frozen=True)

@@ -110,11 +110,47 @@ class VLProxConfig:
 
 
 @dataclass(frozen=True)
+class CapConfig:
+    tau: float = 0.07
+
+
+@dataclass(frozen=True)
+class VLDConfig:
+    """DIME-FM ``vld`` and its bank of unpaired sentences (see docs/methods.md, P2).
+
+    ``sentences_file`` and ``bank_size``/``bank_seed`` choose the bank and are consumed by
+    the training loop; the other keys are the loss's constructor arguments.
+    """
+
+    temperature: float = 1.0
+    logit_scale: float = 100.0
+    both_directions: bool = True
+    sentences_file: Optional[str] = None  # None: <data root>/sentences.txt, or the world's bank
+    bank_size: int = 1000  # world: sentences generated; a file: seeded subset if larger (0 = all)
+    bank_seed: int = 0
+
+
+@dataclass(frozen=True)
+class PVLDConfig:
+    temperature: float = 3.0
+    logit_scale: float = 100.0
+
+
+@dataclass(frozen=True)
+class UDistConfig:
+    temperature: float = 7.0
+    logit_scale: float = 100.0
+
+
+@dataclass(frozen=True)
 class TextConfig:
-    """How class text embeddings are built (attribute sources grow in the methods issue)."""
+    """How class text embeddings are built: an attribute source (``trainers/text.py``)."""
 
     template: str = "a photo of a {}."
     vocabulary: bool = True  # vlprox: add the dataset's vocabulary.txt to the base prompts
+    source: str = "classname"  # classname | templates | descriptions | descriptors (registry)
+    templates_file: Optional[str] = None  # source=templates; None: <data root>/templates.txt
+    attributes: str = "full"  # full | partial | noisy (the world's files) or a JSON file path
 
 
 @dataclass(frozen=True)
@@ -128,6 +164,11 @@ class DistillConfig:
     im_cst: ImCstConfig = field(default_factory=ImCstConfig)
     vlprox: VLProxConfig = field(default_factory=VLProxConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    cap: CapConfig = field(default_factory=CapConfig)
+    vld: VLDConfig = field(default_factory=VLDConfig)
+    pvld: PVLDConfig = field(default_factory=PVLDConfig)
+    udist: UDistConfig = field(default_factory=UDistConfig)
+    labels: bool = True  # false: label-free training (P2); the training set carries no labels
 
 
 @dataclass(frozen=True)
@@ -155,6 +196,15 @@ class EvalConfig:
     batch_size: int = 512
     every: int = 1  # evaluate every N epochs (the last epoch always)
     latency_iters: int = 30
+    # Final evaluation only (see docs/methods.md, P1):
+    neigh_k: int = 10  # M_neigh: k nearest neighbours
+    vlalign_k: int = 5  # M_vlalign: the teacher's top-k class texts
+    few_shot: int = 0  # k images per novel class to fine-tune a copy of the student (0 = off)
+    few_shot_steps: int = 50
+    few_shot_lr: float = 1.0e-4
+    linear_probe: bool = False  # logistic regression on frozen student embeddings
+    linear_probe_steps: int = 100  # L-BFGS iterations
+    linear_probe_wd: float = 1.0e-4  # L2 penalty on the probe's weights
 
 
 @dataclass(frozen=True)
@@ -294,6 +344,25 @@ def validate(cfg: TrainConfig) -> None:
     for key, tau in (("distill.cls.tau", cfg.distill.cls.tau), ("distill.im_cst.tau", cfg.distill.im_cst.tau),
                      ("distill.vlprox.tau", cfg.distill.vlprox.tau)):
         _check(tau > 0, key, f"must be > 0 (a softmax temperature), got {tau}")
+    for key, tau in (("distill.cap.tau", cfg.distill.cap.tau),
+                     ("distill.vld.temperature", cfg.distill.vld.temperature),
+                     ("distill.pvld.temperature", cfg.distill.pvld.temperature),
+                     ("distill.udist.temperature", cfg.distill.udist.temperature),
+                     ("distill.vld.logit_scale", cfg.distill.vld.logit_scale),
+                     ("distill.pvld.logit_scale", cfg.distill.pvld.logit_scale),
+                     ("distill.udist.logit_scale", cfg.distill.udist.logit_scale)):
+        _check(tau > 0, key, f"must be > 0, got {tau}")
+    _check(cfg.distill.vld.bank_size >= 0, "distill.vld.bank_size", "must be >= 0 (0 = every sentence)")
+    _check(cfg.distill.text.attributes != "", "distill.text.attributes",
+           "must be full, partial, noisy or a JSON file path")
+    ev = cfg.eval
+    _check(ev.neigh_k >= 1, "eval.neigh_k", f"must be >= 1, got {ev.neigh_k}")
+    _check(ev.vlalign_k >= 2, "eval.vlalign_k", f"must be >= 2 (pairs of class texts), got {ev.vlalign_k}")
+    _check(ev.few_shot >= 0, "eval.few_shot", f"must be >= 0, got {ev.few_shot}")
+    _check(ev.few_shot_steps >= 1, "eval.few_shot_steps", f"must be >= 1, got {ev.few_shot_steps}")
+    _check(ev.few_shot_lr > 0, "eval.few_shot_lr", f"must be > 0, got {ev.few_shot_lr}")
+    _check(ev.linear_probe_steps >= 1, "eval.linear_probe_steps", "must be >= 1")
+    _check(ev.linear_probe_wd >= 0, "eval.linear_probe_wd", "must be >= 0")
     _check(cfg.distill.vlprox.k >= 1, "distill.vlprox.k", f"must be >= 1, got {cfg.distill.vlprox.k}")
     for name, w in cfg.distill.weights.items():
         _check(w >= 0, f"distill.weights.{name}", f"must be >= 0, got {w}")

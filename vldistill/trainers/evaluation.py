@@ -13,19 +13,33 @@ prompts, so novel classes need no training image. Tasks:
 
 Each result comes with the number of images it was measured on (``n/...``) and, when the
 dataset declares class attributes, chance and attribute-only floors (``floor/...``).
+
+At the final evaluation only (:func:`final_metrics`, decisions in docs/methods.md):
+
+* ``M_rel``, ``M_neigh``, ``M_vlalign`` (P1's representation metrics) on the novel images
+  (the OOD set), with ``/base`` (held-out base images) and ``/novel`` variants;
+* ``novel_acc_{k}shot`` (and ``fewshot_novel_acc``, the key reports read) with
+  ``eval.few_shot = k``: a copy of the student fine-tuned on k images per novel class;
+* ``linear_probe_acc`` with ``eval.linear_probe``: logistic regression on frozen student
+  embeddings of the training images, tested on the held-out base images.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from vldistill.trainers.config import AugmentConfig, ConfigError, TrainConfig
 from vldistill.trainers.data.folder import LabelledImages, Splits
+from vldistill.trainers.data.views import make_views, view_seed
 from vldistill.trainers.metrics import (attribute_floor, count_params, harmonic_mean,
-                                        mean_per_class_accuracy, measure_latency_ms)
+                                        mean_per_class_accuracy, measure_latency_ms,
+                                        neighbour_overlap, relation_to_teacher,
+                                        vl_alignment_inversions)
 from vldistill.trainers.text import TextTargets
 
 log = logging.getLogger(__name__)
@@ -123,3 +137,135 @@ def student_cost(student: torch.nn.Module, image_size: int, iters: int = 30) -> 
     latency = measure_latency_ms(cpu, (1, 3, image_size, image_size), iters=iters)
     student.to(device)
     return {"student_params": float(count_params(student)), "student_latency_ms": latency}
+
+
+# ----- final evaluation: representation metrics, few-shot, linear probe ---------------------
+
+
+@torch.no_grad()
+def representation_metrics(encode: Encoder, teacher_encode: Encoder, splits: Splits,
+                           text: TextTargets, neigh_k: int = 10, vlalign_k: int = 5,
+                           batch_size: int = 512, device: torch.device | str = "cpu",
+                           dist=None) -> dict[str, float]:
+    """P1's ``M_rel``, ``M_neigh``, ``M_vlalign`` on held-out base and on novel images.
+
+    Un-suffixed keys are the novel (OOD) values; ``/base`` uses the base class texts for
+    ``M_vlalign``, ``/novel`` the novel ones.
+    """
+    m: dict[str, float] = {}
+    for name, data, classes in (("base", splits.val_base, text.base), ("novel", splits.novel, text.novel)):
+        s = embed_images(encode, data, batch_size, device, dist)
+        t = embed_images(teacher_encode, data, batch_size, device, dist)
+        m[f"M_rel/{name}"] = relation_to_teacher(s, t)
+        m[f"M_neigh/{name}"] = neighbour_overlap(s, t, neigh_k)
+        m[f"M_vlalign/{name}"] = vl_alignment_inversions(s, t, classes.cpu().float(), vlalign_k)
+    for key in ("M_rel", "M_neigh", "M_vlalign"):
+        m[key] = m[f"{key}/novel"]
+    return m
+
+
+def few_shot_split(labels: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of k support images per class and of the remaining (query) images.
+
+    Each class's images are ordered by a permutation seeded with ``(seed, class)``; the
+    first k are the support set, so the supports of k < k' are nested.
+
+    Raises:
+        ConfigError: naming ``eval.few_shot`` when a class has no image left to test on.
+    """
+    support, query = [], []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx) <= k:
+            raise ConfigError(f"eval.few_shot={k}: novel class {c} has only {len(idx)} images, "
+                              "none would be left to test on")
+        perm = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed * 1009 + c))]
+        support.append(perm[:k])
+        query.append(perm[k:])
+    return torch.sort(torch.cat(support)).values, torch.sort(torch.cat(query)).values
+
+
+def few_shot_accuracy(student: torch.nn.Module, data: LabelledImages, class_text: torch.Tensor,
+                      k: int, steps: int, lr: float, seed: int, augment: AugmentConfig,
+                      tau: float = 0.07, batch_size: int = 512,
+                      device: torch.device | str = "cpu") -> float:
+    """Mean per-class accuracy on the query images after fine-tuning a copy on k shots.
+
+    The copy (the student itself is untouched) is trained in train mode with AdamW (no
+    weight decay) for ``steps`` full-support steps of P1's ``cls`` loss: cross-entropy of
+    ``cos(S(x), class_text) / tau``, on augmented views replayed from ``(image, step)``
+    (supports larger than 256 images use a seeded 256-image batch per step). Deterministic
+    from ``seed`` on the CPU.
+    """
+    support, query = few_shot_split(data.labels, k, seed)
+    text = F.normalize(class_text.float(), dim=-1).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = copy.deepcopy(student).to(device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        gen = torch.Generator().manual_seed(seed)
+        for step in range(steps):
+            idx = support if len(support) <= 256 else (
+                support[torch.randperm(len(support), generator=gen)[:256]])
+            x = make_views(data.images[idx], view_seed(idx, step), augment).to(device)
+            s = F.normalize(model(x)["embed"].float(), dim=-1)
+            loss = F.cross_entropy(s @ text.T / tau, data.labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        q = LabelledImages(data.images[query], data.labels[query], data.classes)
+        emb = embed_images(lambda im: model(im)["embed"], q, batch_size, device)
+    return _acc(emb, text.cpu(), q.labels)
+
+
+def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                          test_y: torch.Tensor, steps: int = 100, weight_decay: float = 1e-4) -> float:
+    """Mean per-class accuracy of a multinomial logistic regression on frozen features.
+
+    Features are L2-normalised; weights and biases start at zero and are fit by full-batch
+    L-BFGS (strong Wolfe line search, ``steps`` iterations) on the mean cross-entropy plus
+    ``weight_decay * ||W||^2``: a convex problem from a fixed start, so deterministic.
+    """
+    x = F.normalize(train_x.float().cpu(), dim=-1)
+    xt = F.normalize(test_x.float().cpu(), dim=-1)
+    y = train_y.cpu().long()
+    n_cls = int(max(y.max(), test_y.max())) + 1
+    w = torch.zeros(n_cls, x.shape[1], requires_grad=True)
+    b = torch.zeros(n_cls, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w.T + b, y) + weight_decay * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        return mean_per_class_accuracy((xt @ w.T + b).argmax(1), test_y.cpu())
+
+
+def final_metrics(student: torch.nn.Module, teacher, splits: Splits, text: TextTargets,
+                  cfg: TrainConfig, device: torch.device | str = "cpu", dist=None) -> dict[str, float]:
+    """The final evaluation's extras: representation metrics, few-shot, linear probe."""
+    ev = cfg.eval
+    encode = lambda im: student(im)["embed"]  # noqa: E731
+    was = student.training
+    student.eval()
+    m = representation_metrics(encode, teacher.encode_images, splits, text, ev.neigh_k, ev.vlalign_k,
+                               ev.batch_size, device, dist)
+    if ev.linear_probe:
+        tr = embed_images(encode, splits.train, ev.batch_size, device, dist)
+        te = embed_images(encode, splits.val_base, ev.batch_size, device, dist)
+        m["linear_probe_acc"] = linear_probe_accuracy(tr, splits.train.labels, te, splits.val_base.labels,
+                                                      ev.linear_probe_steps, ev.linear_probe_wd)
+    if ev.few_shot > 0:
+        acc = few_shot_accuracy(student, splits.novel, text.novel, ev.few_shot, ev.few_shot_steps,
+                                ev.few_shot_lr, cfg.seed, cfg.augment, cfg.distill.cls.tau,
+                                ev.batch_size, device)
+        m[f"novel_acc_{ev.few_shot}shot"] = acc
+        m["fewshot_novel_acc"] = acc
+    student.train(was)
+    return m

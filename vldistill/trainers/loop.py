@@ -8,7 +8,17 @@ Ray Train worker. It:
    targets, and measures the teacher's own metrics once (cached per teacher + data);
 3. distils the student on base classes of the training domain with the weighted losses;
 4. evaluates every ``eval.every`` epochs and at the last epoch, reports one row per epoch
-   and writes ``last.pt`` atomically into ``ckpt_dir`` after every epoch.
+   and writes ``last.pt`` atomically into ``ckpt_dir`` after every epoch; the last
+   evaluation adds P1's representation metrics and, if configured, few-shot and
+   linear-probe accuracy (``evaluation.final_metrics``).
+
+What the losses receive (see docs/methods.md): ``student["embed"]``;
+``teacher["image_embed"]`` (the batch), ``["text_embed"]`` (base class targets of
+``distill.text.source``), ``["vocab_embed"]``, and when their loss is weighted
+``["caption_embed"]`` (``cap``: the teacher embedding of each batch image's caption,
+precomputed for the training set) and ``["sentence_embed"]`` (``vld``: the unpaired
+sentence bank); ``batch = {"label": ...}``, or ``{}`` with ``distill.labels=false``, where
+the training set itself is an :class:`UnlabelledImages` holding no labels.
 
 Determinism: the batch order of epoch ``e`` and every view are pure functions of
 ``(seed, e)`` and the image index, not of a running RNG, so a run resumed from its
@@ -25,7 +35,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,21 +43,31 @@ import torch
 
 from vldistill.trainers.cache import ensure_cache
 from vldistill.trainers.config import ConfigError, TrainConfig
-from vldistill.trainers.data.folder import DatasetInfo, Splits, build_splits, read_dataset
+from vldistill.trainers.data.folder import (DatasetInfo, Splits, UnlabelledImages, build_splits,
+                                            read_dataset)
 from vldistill.trainers.data.views import make_views, view_seed
 from vldistill.trainers.data.world import World, WorldSpec
-from vldistill.trainers.evaluation import eval_sizes, evaluate, floors, student_cost
+from vldistill.trainers.evaluation import eval_sizes, evaluate, final_metrics, floors, student_cost
 from vldistill.trainers.losses import LOSSES, WeightedLoss
 from vldistill.trainers.students import build_student
 from vldistill.trainers.teachers import Teacher, cache_root, load_teacher
-from vldistill.trainers.text import build_text_targets
+from vldistill.trainers.text import (build_text_targets, caption_embeddings, check_source,
+                                     sentence_bank)
 
 log = logging.getLogger(__name__)
 CKPT_NAME = "last.pt"
-# Losses whose inputs (student embed, teacher image embed, class/vocabulary text) the loop
-# provides. cap / vld / pvld / udist / attn / token_nce need captions, sentence banks or
-# token grids: wired in by the methods issue.
-FED_LOSSES = frozenset({"cls", "mse", "im_cst", "vlprox", "pvld", "udist"})
+# Losses whose inputs the loop provides (student embed, teacher image embed, class and
+# vocabulary text, captions, the sentence bank). attn / token_nce need token grids (P4).
+FED_LOSSES = frozenset({"cls", "mse", "im_cst", "vlprox", "cap", "vld", "pvld", "udist"})
+# Config keys of a loss group that the loop consumes (not constructor arguments).
+LOOP_KEYS = {"vld": ("sentences_file", "bank_size", "bank_seed")}
+
+
+def label_losses(cfg: TrainConfig) -> list[str]:
+    """Weighted losses that read ``batch["label"]`` (cls; vlprox with its teacher filter)."""
+    d = cfg.distill
+    reads = {"cls": True, "vlprox": d.vlprox.filter}
+    return [n for n, w in d.weights.items() if w > 0 and reads.get(n, False)]
 
 
 class Reporter(Protocol):
@@ -103,6 +123,13 @@ def check_registries(cfg: TrainConfig) -> None:
         if weight > 0 and name not in FED_LOSSES:
             raise ConfigError(f"distill.weights.{name}: the loss is registered but this training loop "
                               f"does not feed its inputs yet; usable now: {', '.join(sorted(FED_LOSSES))}")
+    if not cfg.distill.labels and label_losses(cfg):
+        bad = label_losses(cfg)
+        raise ConfigError(f"distill.labels=false (label-free training) but distill.weights.{bad[0]} > 0 "
+                          f"and loss {bad[0]!r} reads labels"
+                          + (" (vlprox filters on the label: set distill.vlprox.filter=false)"
+                             if bad[0] == "vlprox" else "") + "; set its weight to 0")
+    check_source(cfg.distill.text.source)
     check_student_name(cfg.student.name)
     t = cfg.teacher
     if t.name != "embedded" and t.name not in open_clip.list_models():
@@ -114,6 +141,15 @@ def check_registries(cfg: TrainConfig) -> None:
             raise ConfigError(f"teacher.pretrained: checkpoint file not found: {t.pretrained}")
     if cfg.data.source == "folder" and not Path(cfg.data.root).expanduser().is_dir():
         raise ConfigError(f"data.root: not a directory: {cfg.data.root}")
+    if cfg.data.source == "folder":  # the world writes both; a folder must bring them
+        root, w = Path(cfg.data.root).expanduser(), cfg.distill.weights
+        if w.get("cap", 0) > 0 and not (root / "captions.json").is_file():
+            raise ConfigError(f"distill.weights.cap > 0 needs image captions: file not found: "
+                              f"{root / 'captions.json'}")
+        if w.get("vld", 0) > 0 and cfg.distill.vld.sentences_file is None \
+                and not (root / "sentences.txt").is_file():
+            raise ConfigError(f"distill.weights.vld > 0 needs unpaired sentences: file not found: "
+                              f"{root / 'sentences.txt'} (or set distill.vld.sentences_file)")
 
 
 def _lr(step: int, total: int, warmup: int, base: float) -> float:
@@ -126,8 +162,7 @@ def _lr(step: int, total: int, warmup: int, base: float) -> float:
 def _teacher_metrics(teacher: Teacher, splits: Splits, text, cfg: TrainConfig) -> dict[str, float]:
     """The teacher's own numbers on the same sets (the ceiling), cached on disk."""
     blob = json.dumps({"teacher": teacher.key, "root": str(splits.info.root),
-                       "data": asdict(cfg.data), "template": cfg.distill.text.template,
-                       "v": 1}, sort_keys=True)
+                       "data": asdict(cfg.data), "text": text.key, "v": 2}, sort_keys=True)
     path = cache_root(cfg.cache_dir) / "teacher_eval" / (
         hashlib.sha256(blob.encode()).hexdigest()[:16] + ".json")
     if path.is_file():
@@ -160,6 +195,30 @@ def load_checkpoint(ckpt_dir: Path | None) -> dict[str, Any] | None:
 
 
 _MEMO: dict[str, tuple] = {}  # a reused Ray actor (or a test) pays data/teacher loading once
+_FEEDS: dict[str, dict] = {}  # caption / sentence-bank embeddings, keyed like _MEMO plus their config
+
+
+def _feeds(cfg: TrainConfig, splits: Splits, teacher: Teacher, base_key: str) -> dict:
+    """Caption embeddings of the training images (``cap``) and the sentence bank (``vld``).
+
+    Computed once per data/teacher/config and only for weighted losses: ``captions``
+    ``[N_train, D]`` (row i: the caption of training image i, from ``captions.json``) and
+    ``sentences`` ``[M, D]``; both teacher text embeddings, normalised, on the CPU.
+    """
+    w, v = cfg.distill.weights, cfg.distill.vld
+    need_cap, need_bank = w.get("cap", 0) > 0, w.get("vld", 0) > 0
+    key = json.dumps({"base": base_key, "cap": need_cap, "bank": need_bank and asdict(v)}, sort_keys=True)
+    if key not in _FEEDS:
+        out = {}
+        if need_cap:
+            out["captions"] = caption_embeddings(teacher, splits.info.root, splits.train_paths)
+        if need_bank:
+            world = World(world_spec(cfg)) if cfg.data.source == "world" else None
+            bank = sentence_bank(splits.info.root, v.sentences_file, v.bank_size, v.bank_seed, world)
+            out["sentences"] = teacher.encode_text(bank).float().cpu()
+        _FEEDS.clear()
+        _FEEDS[key] = out
+    return _FEEDS[key]
 
 
 def prepare(cfg: TrainConfig) -> tuple[Splits, Teacher, Any, dict[str, float]]:
@@ -171,7 +230,8 @@ def prepare(cfg: TrainConfig) -> tuple[Splits, Teacher, Any, dict[str, float]]:
     key = json.dumps({"data": asdict(cfg.data), "teacher": asdict(cfg.teacher),
                       "text": asdict(cfg.distill.text), "cache": cfg.cache_dir}, sort_keys=True)
     if key in _MEMO:
-        return _MEMO[key]
+        splits, teacher, text, static = _MEMO[key]
+        return splits, teacher, replace(text, **_feeds(cfg, splits, teacher, key)), static
     info = resolve_dataset(cfg, cfg.progress)
     d = cfg.data
     splits = build_splits(info, d.image_size, d.train_fraction, d.images_per_class, d.split_seed,
@@ -185,7 +245,7 @@ def prepare(cfg: TrainConfig) -> tuple[Splits, Teacher, Any, dict[str, float]]:
                      cache_root(cfg.cache_dir), cfg.progress)
     _MEMO.clear()  # hold one dataset at a time
     _MEMO[key] = (splits, teacher, text, static)
-    return _MEMO[key]
+    return splits, teacher, replace(text, **_feeds(cfg, splits, teacher, key)), static
 
 
 @dataclass(frozen=True)
@@ -264,11 +324,14 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
 
     torch.manual_seed(cfg.seed)
     student = build_student(cfg.student, teacher.embed_dim).to(device)
-    loss_kwargs = {n: (asdict(v) if hasattr(v, "__dataclass_fields__") else dict(v))
+    loss_kwargs = {n: {k: x for k, x in (asdict(v) if hasattr(v, "__dataclass_fields__") else dict(v)).items()
+                       if k not in LOOP_KEYS.get(n, ())}
                    for n in cfg.distill.weights if (v := getattr(cfg.distill, n, None)) is not None}
     criterion = WeightedLoss(cfg.distill.weights, loss_kwargs).to(device)
     opt = _build_optimizer(student, criterion, cfg)
-    n_train = len(splits.train)
+    # Label-free runs train on images only: the labels are not in the object batches come from.
+    train_set = splits.train if cfg.distill.labels else UnlabelledImages.of(splits.train)
+    n_train = len(train_set)
     steps_per_epoch = max(n_train // o.batch_size, 1)  # drop_last: contrastive batches stay full
     total, warmup = steps_per_epoch * o.epochs, steps_per_epoch * o.warmup_epochs
 
@@ -281,6 +344,9 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
         log.info("resumed from %s after epoch %d", ckpt_path / CKPT_NAME, start_epoch)
     model = _wrap(student, cfg, dist, device)
     text_dev = {"text_embed": text.base.to(device), "vocab_embed": text.vocab.to(device)}
+    if text.sentences is not None:
+        text_dev["sentence_embed"] = text.sentences.to(device)
+    captions = text.captions.to(device) if text.captions is not None else None
     views = cfg.augment.views
     cache = None
     if views > 0 and cfg.teacher_cache:
@@ -300,13 +366,16 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
             step = epoch * steps_per_epoch + i
             idx = order[i * o.batch_size:(i + 1) * o.batch_size][dist.rank * local_bs:(dist.rank + 1) * local_bs]
             view = epoch % views if views else epoch
-            x = make_views(splits.train.images[idx], view_seed(idx, view), cfg.augment).to(device)
+            x = make_views(train_set.images[idx], view_seed(idx, view), cfg.augment).to(device)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            labels = splits.train.labels[idx].to(device)
+            batch = {"label": train_set.labels[idx].to(device)} if cfg.distill.labels else {}
             with _autocast(cfg, device):
                 t_img = cache.lookup(idx, view).to(device) if cache else teacher.encode_images(x)
-                loss, logs = criterion(model(x), {"image_embed": t_img, **text_dev}, {"label": labels})
+                t_out = {"image_embed": t_img, **text_dev}
+                if captions is not None:
+                    t_out["caption_embed"] = captions[idx.to(device)]
+                loss, logs = criterion(model(x), t_out, batch)
             finite = bool(torch.isfinite(loss))
             if dist.world > 1:  # all ranks stop together: one rank alone would hang the others
                 import torch.distributed as tdist
@@ -339,6 +408,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
             student.eval()
             with _autocast(cfg, device):
                 last = evaluate(encode, splits, text, cfg.eval.batch_size, device, dist)
+            if final:  # fp32: the few-shot copy is fine-tuned here
+                last.update(final_metrics(student, teacher, splits, text, cfg, device, dist))
             row.update(last)
         if final:
             row.update(student_cost(student, d.image_size, cfg.eval.latency_iters))
@@ -355,6 +426,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
         student.eval()
         row = {"epoch": o.epochs, "epochs": o.epochs,
                **evaluate(encode, splits, text, cfg.eval.batch_size, device, dist),
+               **final_metrics(student, teacher, splits, text, cfg, device, dist),
                **student_cost(student, d.image_size, cfg.eval.latency_iters), **static}
         reporter.report(row, str(ckpt_path) if dist.main and ckpt_path else None)
     return row

@@ -4,6 +4,11 @@ Accuracy here is P1's mean per-class top-1 accuracy; ``attribute_floor`` gives t
 level of a classifier that only knows one attribute of each class (the floor a
 "colour-only" shortcut reaches on a shape x colour task); ``measure_latency_ms`` is the
 CPU latency reported next to the parameter count when comparing students.
+
+``relation_to_teacher`` (``M_rel``), ``neighbour_overlap`` (``M_neigh``) and
+``vl_alignment_inversions`` (``M_vlalign``) are P1's proposed representation metrics
+(PAPERS.md): how closely the student's embedding space reproduces the teacher's on a set of
+images. They work in row chunks, so an N-image set never materialises an N x N matrix.
 """
 
 from __future__ import annotations
@@ -165,3 +170,102 @@ def measure_latency_ms(
         if threads is not None:
             torch.set_num_threads(old_threads)
     return statistics.median(times) * 1000.0 / batch_size
+
+
+_CHUNK = 1024  # rows per block of the N x N similarity computations
+
+
+def _unit(x: Tensor) -> Tensor:
+    return F.normalize(x.float(), dim=-1)
+
+
+def _check_pair(student: Tensor, teacher: Tensor) -> None:
+    if student.dim() != 2 or student.shape != teacher.shape:
+        raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} embeddings "
+                         "must both be [N, D] with the same N and D")
+
+
+def relation_to_teacher(student: Tensor, teacher: Tensor) -> float:
+    """``M_rel``: fraction of images whose nearest teacher embedding is their own.
+
+    For image i, ``argmax_j cos(S_i, T_j)`` over the N images; the metric is the fraction
+    with ``argmax == i`` (ties go to the lowest index). Higher is better.
+
+    Args:
+        student: Student embeddings [N, D] (normalised here).
+        teacher: Teacher image embeddings [N, D] of the same images, same order.
+    """
+    _check_pair(student, teacher)
+    s, t = _unit(student), _unit(teacher)
+    hits = 0
+    for i in range(0, len(s), _CHUNK):
+        nearest = (s[i:i + _CHUNK] @ t.T).argmax(dim=1)
+        hits += int((nearest == torch.arange(i, i + len(nearest))).sum())
+    return hits / len(s)
+
+
+def _knn(x: Tensor, rows: slice, k: int) -> Tensor:
+    sims = x[rows] @ x.T
+    own = torch.arange(rows.start, rows.start + len(sims))
+    sims[torch.arange(len(sims)), own] = -float("inf")  # an image is not its own neighbour
+    return sims.topk(k, dim=1).indices
+
+
+def neighbour_overlap(student: Tensor, teacher: Tensor, k: int) -> float:
+    """``M_neigh``: mean over images of ``|kNN_S(i) & kNN_T(i)| / k``.
+
+    Neighbours are the other images of the set by cosine (the image itself excluded),
+    under the student's and under the teacher's embeddings. ``k`` is capped at ``N - 1``.
+    Higher is better.
+
+    Raises:
+        ValueError: on fewer than 2 images or ``k < 1``.
+    """
+    _check_pair(student, teacher)
+    n = len(student)
+    if n < 2 or k < 1:
+        raise ValueError(f"neighbour_overlap needs >= 2 images and k >= 1, got N={n}, k={k}")
+    k = min(k, n - 1)
+    s, t = _unit(student), _unit(teacher)
+    total = 0.0
+    for i in range(0, n, _CHUNK):
+        rows = slice(i, min(i + _CHUNK, n))
+        ns, nt = _knn(s, rows, k), _knn(t, rows, k)
+        mask = torch.zeros(len(ns), n).scatter_(1, ns, 1.0)
+        total += float(mask.gather(1, nt).sum())
+    return total / (n * k)
+
+
+def vl_alignment_inversions(student: Tensor, teacher: Tensor, text: Tensor, k: int) -> float:
+    """``M_vlalign``: reversed pairs among the teacher's top-k class texts, as a fraction.
+
+    For image i, take the k class-text embeddings most similar to ``T_i`` in the teacher's
+    order ``c_1, ..., c_k`` (most similar first). A pair ``a < b`` is *reversed* when the
+    student scores it the other way, ``cos(S_i, c_a) < cos(S_i, c_b)`` (strictly; ties are
+    not reversed). The metric is the number of reversed pairs divided by the
+    ``k (k - 1) / 2`` pairs, averaged over images: 0 = the student keeps the teacher's
+    ranking, 1 = fully reversed, ~0.5 = unrelated. Lower is better. (PAPERS.md says
+    "count"; the fraction makes values comparable across k.) ``k`` is capped at the number
+    of class texts.
+
+    Args:
+        student: Student embeddings [N, D].
+        teacher: Teacher image embeddings [N, D].
+        text: Class text embeddings [C, D] of the task the images belong to.
+        k: How many of the teacher's top classes to compare (>= 2).
+
+    Raises:
+        ValueError: on fewer than 2 class texts or ``k < 2``.
+    """
+    _check_pair(student, teacher)
+    k = min(k, len(text))
+    if k < 2:
+        raise ValueError(f"vl_alignment_inversions needs k >= 2 and >= 2 class texts, got k={k}")
+    s, t, c = _unit(student), _unit(teacher), _unit(text)
+    a, b = torch.triu_indices(k, k, offset=1)
+    total = 0.0
+    for i in range(0, len(s), _CHUNK):
+        order = (t[i:i + _CHUNK] @ c.T).topk(k, dim=1).indices  # teacher's order, best first
+        ss = (s[i:i + _CHUNK] @ c.T).gather(1, order)  # student scores in that order
+        total += float((ss[:, a] < ss[:, b]).float().mean(dim=1).sum())
+    return total / len(s)

@@ -7,7 +7,11 @@ The one loader for real data *and* the embedded world (which is written in this 
                              "novel_kinds": {"compositional": [...], ...},   (optional)
                              "names": {folder: "display name"}}              (optional)
       attributes.json       class folder -> list of sentences                (optional)
+      attributes_*.json     other attribute sources (distill.text.attributes) (optional)
+      templates.txt         prompt templates with '{}' (source=templates)    (optional)
       vocabulary.txt        extra prompts for vlprox, one per line           (optional)
+      captions.json         "<domain>/<class>/<image>" -> caption (cap)      (optional)
+      sentences.txt         unpaired sentences, one per line (P2 vld)        (optional)
       <domain>/<class>/*.png|jpg|jpeg|bmp|webp
 
 Images are decoded once, resized to ``data.image_size`` and held in memory as ``uint8``
@@ -158,6 +162,24 @@ class LabelledImages:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+@dataclass
+class UnlabelledImages:
+    """Images only (``uint8 [N, 3, H, W]``): the training set of label-free runs (P2).
+
+    Built from a :class:`LabelledImages` by :meth:`of`, which keeps the image tensor and
+    nothing else, so no code path of a label-free trial can reach a training label.
+    """
+
+    images: torch.Tensor
+
+    @classmethod
+    def of(cls, data: LabelledImages) -> "UnlabelledImages":
+        return cls(data.images)
+
+    def __len__(self) -> int:
+        return len(self.images)
 
 
 @dataclass

@@ -193,6 +193,30 @@ class World:
         v += [f"a shape in {d}." for d in COLOUR_DESCRIPTIONS.values()]
         return v
 
+    def sentence_bank(self, n: int, seed: int = 0) -> list[str]:
+        """``n`` *unpaired* sentences for P2 (DIME-FM ``vld``), written like captions.
+
+        Each sentence draws a shape and a colour uniformly over ALL shapes and colours
+        (novel and semantic ones included: the bank is text-only data, it never names a
+        training image), a pattern, a size and a domain phrase, and is phrased by the
+        caption writer. The draws come from their own stream ``(world seed, 2, seed)``, so
+        the bank is a pure function of ``(spec.seed, n, seed)`` and independent of every
+        image stream; it is not written to disk (``write`` and ``key`` are unchanged).
+        """
+        if n < 1:
+            raise ValueError(f"distill.vld.bank_size must be >= 1 for the embedded world, got {n}")
+        rng = np.random.default_rng([self.spec.seed, 2, seed])
+        colours = list(R.COLOURS)
+        out = []
+        for _ in range(n):
+            shape = R.SHAPES[int(rng.integers(0, len(R.SHAPES)))]
+            colour = colours[int(rng.integers(0, len(colours)))]
+            domain = R.DOMAINS[int(rng.integers(0, len(R.DOMAINS)))]
+            c = WorldClass(f"{colour}_{shape}", f"{colour} {shape}", shape, colour, "bank")
+            out.append(self._caption(c, domain, int(rng.integers(0, len(R.PATTERNS))),
+                                     int(rng.integers(0, len(R.SIZES))), rng))
+        return out
+
     # ----- images --------------------------------------------------------------------
     def sample(self, domain: str, cls: int, n: int, stream: str = "data",
                size: int | None = None) -> tuple[np.ndarray, list[str]]:

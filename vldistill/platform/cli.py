@@ -75,7 +75,7 @@ def load_train_config(overrides: Sequence[str]):
 
     raw = compose_config(overrides)
     for key in ("out_dir", "cache_dir"):
-        if raw.get(key):
+        if raw.get(key) and "://" not in str(raw[key]):  # storage URIs stay as they are
             raw[key] = str(Path(raw[key]).expanduser().resolve())
     if raw.get("data", {}).get("root"):
         raw["data"]["root"] = str(Path(raw["data"]["root"]).expanduser().resolve())
@@ -136,10 +136,10 @@ def cmd_train(overrides: Sequence[str]) -> dict:
     import yaml
 
     from vldistill.trainers.config import to_dict
-    from vldistill.trainers.loop import prepare, train
+    from vldistill.trainers.loop import prepare, train, with_local_cache
 
     cfg = load_train_config(overrides)
-    prepare(cfg)  # data and teacher load (or fail, naming the file) before out_dir is touched
+    prepare(with_local_cache(cfg))  # data and teacher load (or fail, naming the file) before out_dir is touched
     out = Path(cfg.out_dir or Path("runs") / "train" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     out = out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -848,8 +848,23 @@ def log_to_wandb(sw: Sweep, sections: list[Section], out: Path) -> str | None:
 
 def report_main(sweep_dir: str, out_dir: str | None, wandb: bool) -> int:
     """CLI entry (``vldistill report SWEEP_DIR``): 0 on success, 2 on a bad sweep directory."""
+    from vldistill.trainers.storage import Remote, is_uri, local_copy_dir, pull_sweep, push_files
+
+    remote = None
     try:
-        files = build_report(sweep_dir, out_dir, wandb_run=wandb)
+        if is_uri(sweep_dir):  # a sweep on object storage: report from a local copy, upload back
+            try:
+                remote, local = Remote(sweep_dir), local_copy_dir(sweep_dir, "report")
+                pull_sweep(remote, local, skip=("tune", "train", "wandb", ".lock"))
+            except (ValueError, OSError) as e:
+                raise ReportError(f"{sweep_dir}: cannot read the sweep from storage: {e}") from None
+            sweep_dir = str(local)
+        files = build_report(sweep_dir, None if is_uri(out_dir or "") else out_dir, wandb_run=wandb)
+        target = Remote(out_dir) if out_dir and is_uri(out_dir) else (remote if out_dir is None else None)
+        if target is not None:
+            push_files(target, Path(files["report.md"]).parent,
+                       ["report.md", "report.html", "trials.csv", "levels.csv", "plots"])
+            print(f"report uploaded to {target.uri}")
     except ReportError as e:
         print(f"vldistill report: {e}", file=sys.stderr)
         return 2

@@ -182,9 +182,14 @@ def _callbacks_module():
     class RowWriter(tune.Callback):
         """Appends one JSON row per finished trial to ``trials.jsonl`` (last row wins)."""
 
-        def __init__(self, sweep_dir: str, params: list[str], resources: dict, total: int):
+        def __init__(self, sweep_dir: str, params: list[str], resources: dict, total: int,
+                     remote_uri: str | None = None):
             self.sweep_dir, self.params, self.resources, self.total = sweep_dir, params, resources, total
+            self.remote_uri = remote_uri  # the URI only: credentials stay in each node's environment
             self.done = 0
+
+        def __setstate__(self, state):  # experiments pickled before remote storage existed
+            self.__dict__.update({"remote_uri": None, **state})
 
         def _write(self, trial, status: str, error: str | None) -> None:
             result = dict(trial.last_result or {})
@@ -203,6 +208,9 @@ def _callbacks_module():
                    "nodes": [n for n in str(result.get(NODES_KEY) or "").split(",") if n]}
             with open(Path(self.sweep_dir) / ROWS, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.remote_uri:  # the rows and the study reach the storage URI trial by trial
+                from vldistill.trainers.storage import Remote, push_files
+                push_files(Remote(self.remote_uri), Path(self.sweep_dir), [ROWS, "optuna.journal"])
             self.done += 1
             shown = ", ".join(f"{k}={trial.config.get(k)}" for k in self.params)
             acc = " ".join(f"{k}={metrics[k]:.3f}" for k in ("base_acc", "novel_acc", "shift_acc")
@@ -362,10 +370,15 @@ def _wandb_callback(sweep_dir: Path, name: str, enabled: bool) -> list:
 
 def prepare_shared(cfg) -> None:
     """Compute, once, what every trial reads from the cache: world, teacher, its metrics."""
-    from vldistill.trainers.loop import prepare
+    from vldistill.trainers.loop import cache_uri, prepare, with_local_cache
 
     t0 = time.time()
-    prepare(cfg)
+    uri = cache_uri(cfg)
+    prepare(with_local_cache(cfg))
+    if uri:  # every node reads the shared assets from the storage URI, not from this disk
+        from vldistill.trainers.storage import local_copy_dir, push_cache
+        pushed = push_cache(uri, local_copy_dir(uri, "cache"))
+        log.info("cache: %d new entries uploaded to %s", len(pushed), uri)
     log.info("shared assets ready in %.0f s (dataset, teacher, teacher metrics)", time.time() - t0)
 
 
@@ -386,7 +399,18 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
     from vldistill.search_spaces.loader import (SearchSpaceError, flatten, load_search_space,
                                                 validate_search_space)
     from vldistill.trainers.config import from_dict, to_dict
+    from vldistill.trainers.storage import is_uri, push_files
 
+    remote = None
+    if resume and is_uri(resume):
+        remote, sweep_dir = _open_remote(resume, "--resume")
+        if not remote.exists("search_space.yaml"):
+            raise SweepError(f"--resume {resume}: no search_space.yaml there; not a sweep directory")
+        _Lock.check_free(sweep_dir)
+        from vldistill.trainers.storage import pull_sweep
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        pull_sweep(remote, sweep_dir, skip=(TUNE_DIR, "train"))
+        resume = str(sweep_dir)
     if resume:
         sweep_dir = Path(resume).expanduser().resolve()
         if not (sweep_dir / "search_space.yaml").is_file():
@@ -399,11 +423,15 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
             space = load_search_space(space_ref or "default")
         except SearchSpaceError as e:
             raise SweepError(str(e)) from None
-        if out_dir and "://" in str(out_dir):
-            raise SweepError(f"out_dir={out_dir}: a file-system path is needed (a shared file system on "
-                             "a cluster, e.g. /mnt/shared/...); s3:// and gs:// URIs are not supported yet")
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        sweep_dir = Path(out_dir or Path("runs") / "sweeps" / f"{space.name}-{stamp}").expanduser().resolve()
+        if out_dir and is_uri(out_dir):
+            remote, sweep_dir = _open_remote(out_dir, "out_dir")
+            if remote.exists("search_space.yaml") or remote.exists(TUNE_DIR):
+                raise SweepError(f"{out_dir} already holds a sweep; use --resume {out_dir} or another out_dir")
+            _Lock.check_free(sweep_dir)
+            shutil.rmtree(sweep_dir, ignore_errors=True)  # a stale copy of an abandoned start
+        else:
+            sweep_dir = Path(out_dir or Path("runs") / "sweeps" / f"{space.name}-{stamp}").expanduser().resolve()
         base = load_train_config([*space.overrides, *overrides])
         try:
             validate_search_space(space, to_dict(base))
@@ -421,14 +449,35 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
         if not resume:
             (sweep_dir / "search_space.yaml").write_text(yaml.safe_dump(space.to_dict(), sort_keys=False))
             (sweep_dir / "base_config.yaml").write_text(yaml.safe_dump(to_dict(base), sort_keys=False))
-        _run_tune(space, base, sweep_dir, resume is not None, address, wandb, flatten)
+        if remote is not None:  # the space and base config are there before any trial
+            push_files(remote, sweep_dir, ["search_space.yaml", "base_config.yaml"])
+        _run_tune(space, base, sweep_dir, resume is not None, address, wandb, flatten,
+                  remote.uri if remote is not None else None)
         write_csv(sweep_dir)
         _write_summary(sweep_dir, space)
         _maybe_report(sweep_dir)
+        if remote is not None:
+            push_files(remote, sweep_dir, [p.name for p in sorted(sweep_dir.iterdir())
+                                           if p.name not in (".lock", TUNE_DIR, "train")])
+            log.info("results uploaded to %s (local working copy: %s)", remote.uri, sweep_dir)
     return sweep_dir
 
 
-def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, flatten) -> None:
+def _open_remote(uri: str, what: str):
+    """The storage URI and this driver's local working copy of it; a URI that cannot be
+    opened (unknown scheme, no credentials, no bucket) is an error before anything starts."""
+    from vldistill.trainers.storage import Remote, local_copy_dir
+
+    try:
+        remote = Remote(uri)
+        remote.probe()
+    except (ValueError, OSError) as e:
+        raise SweepError(f"{what}={uri}: cannot open the storage location: {e}") from None
+    return remote, local_copy_dir(remote.uri, "sweep")
+
+
+def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, flatten,
+              remote_uri: str | None = None) -> None:
     import optuna
     import ray
     from optuna.storages import JournalStorage
@@ -449,8 +498,9 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
         trainable = tune.with_resources(sweep_trainable, {"cpu": 0.01})
     else:
         trainable = tune.with_resources(sweep_trainable, {"cpu": res.cpu, "gpu": res.gpu})
+    storage_path = remote_uri or str(sweep_dir)  # Tune and inner trainers write here directly
     if resume:
-        tuner = tune.Tuner.restore(str(sweep_dir / TUNE_DIR), trainable=trainable,
+        tuner = tune.Tuner.restore(f"{storage_path}/{TUNE_DIR}", trainable=trainable,
                                    resume_unfinished=True, restart_errored=False)
     else:
         constants = flatten(to_dict(base))
@@ -459,7 +509,7 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
         if res.workers > 1:
             constants[WORKERS_KEY] = res.workers
             constants[RESOURCES_KEY] = {"CPU": res.cpu, "GPU": res.gpu}
-            constants[STORAGE_KEY] = str(sweep_dir / "train")
+            constants[STORAGE_KEY] = f"{storage_path}/train"
             constants[PLACEMENT_KEY] = res.placement
         if space.sampler == "grid":  # ignores the sampler's study.stop() (invalid outside optimize)
             sampler = grid_sampler(space, seed=space.sampler_seed)
@@ -485,7 +535,7 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
         total = space.trial_count()
         callbacks = [RowWriter(str(sweep_dir), list(space.params), {
             "cpu": space.resources.cpu, "gpu": space.resources.gpu, "workers": space.resources.workers},
-            total)]
+            total, remote_uri)]
         callbacks += _wandb_callback(sweep_dir, space.name, wandb)
         tuner = tune.Tuner(
             trainable, param_space=constants,
@@ -493,7 +543,7 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
                                         max_concurrent_trials=_concurrency(space.resources,
                                                                            ray.cluster_resources()),
                                         reuse_actors=True),
-            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir), callbacks=callbacks,
+            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=storage_path, callbacks=callbacks,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                       # a crashed trial process restarts from its last
                                       # checkpoint (deterministic errors end the trial instead)

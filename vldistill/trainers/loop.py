@@ -101,6 +101,24 @@ def world_spec(cfg: TrainConfig) -> WorldSpec:
                      n_compositional=w.n_compositional)
 
 
+def cache_uri(cfg: TrainConfig) -> str | None:
+    """The cache location when it is a storage URI (``cache_dir`` or ``$VLDISTILL_CACHE``)."""
+    from vldistill.trainers.storage import is_uri
+
+    loc = cfg.cache_dir or os.environ.get("VLDISTILL_CACHE")
+    return loc if loc and is_uri(loc) else None
+
+
+def with_local_cache(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with a URI cache replaced by this node's local copy of it, every complete
+    entry of the URI downloaded first (see ``trainers/storage.py``). Plain paths: unchanged."""
+    uri = cache_uri(cfg)
+    if uri is None:
+        return cfg
+    from vldistill.trainers.storage import pull_cache
+    return replace(cfg, cache_dir=str(pull_cache(uri)))
+
+
 def resolve_dataset(cfg: TrainConfig, progress: bool = True) -> DatasetInfo:
     """The dataset root (writing the embedded world there first if needed), checked."""
     if cfg.data.source == "world":
@@ -311,6 +329,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
     """
     t_start = time.time()
     check_registries(cfg)
+    cfg = with_local_cache(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     reporter = reporter or LogReporter()

@@ -204,7 +204,12 @@ def test_composer_runs_dime_fm_weights_without_labels():
     ("n_s", "n_t", "expected"),
     [(2, 4, [(0, 1), (1, 3)]), (4, 6, [(0, 1), (1, 2), (2, 4), (3, 5)]),
      (3, 3, [(0, 0), (1, 1), (2, 2)]), (4, 2, [(0, 0), (1, 0), (2, 1), (3, 1)]),
-     (1, 12, [(0, 11)])],
+     (1, 12, [(0, 11)]),
+     # more than twice the teacher's layers: the first ones map to teacher layer 0, not -1
+     # (round((i+1) * 2/12) - 1: 0 up to i = 7, where (i+1)/6 < 1.5)
+     (12, 2, [(0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (6, 0), (7, 0), (8, 1), (9, 1),
+              (10, 1), (11, 1)]),
+     (3, 1, [(0, 0), (1, 0), (2, 0)])],
 )
 def test_default_layer_map_is_evenly_spaced_rounding_halves_up(n_s, n_t, expected):
     assert default_layer_map(n_s, n_t) == expected

@@ -37,7 +37,8 @@ def cache_key(teacher_key: str, splits: Splits, image_size: int, augment: Augmen
               views: int) -> str:
     root = splits.info.root
     files = "\n".join(f"{p.relative_to(root)}:{p.stat().st_size}" for p in splits.train_paths)
-    blob = json.dumps({"v": 1, "teacher": teacher_key, "files": hashlib.sha256(files.encode()).hexdigest(),
+    data = splits.train_key or hashlib.sha256(files.encode()).hexdigest()
+    blob = json.dumps({"v": 1, "teacher": teacher_key, "files": data,
                        "size": image_size, "augment": asdict(augment), "views": views}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

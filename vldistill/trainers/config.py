@@ -34,6 +34,44 @@ class WorldConfig:
     n_compositional: int = 7
 
 
+# P3: generic styles; the world's shifted domains (sketch, painting, noisy) and their caption
+# synonyms are deliberately absent (see trainers/synth.py).
+DEFAULT_STYLES = ("photo", "cartoon", "rendering", "sculpture", "embroidery", "origami",
+                  "tattoo", "graffiti", "mosaic", "toy")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """P3 synthetic training set (``data.synthetic``), used with ``data.train_source=synthetic``.
+
+    Images are optimised against the frozen teacher from prompts diversified by ``strategy``
+    (see trainers/synth.py for the method and every choice).
+    """
+
+    strategy: str = "contrastive"  # none | mix | random | contrastive
+    images_per_class: int = 10
+    steps: int = 100  # optimisation steps per image batch
+    lr: float = 0.1  # Adam on the pixel logits
+    batch_size: int = 64  # images optimised together
+    tv_weight: float = 0.05  # squared total-variation smoothness prior
+    augment: float = 0.5  # augmentation strength in [0, 1] (0: no augmentation)
+    cutouts: int = 4  # augmented views per image and step
+    init_std: float = 1.0  # std of the initial pixel logits
+    seed: int = 0
+    image_size: int = 32  # synthetic images are made at this (data) resolution
+    prompt: str = "a {style} of a {}."  # {style}: the style slot, {}: the class name
+    base_prompt: str = "a photo of a {}."  # strategy none, and the class anchor of the others
+    styles: list[str] = field(default_factory=lambda: list(DEFAULT_STYLES))  # mix dictionary
+    mix_words: int = 2  # style words mixed per image (mix)
+    pseudo_words: int = 8  # learnable styles (contrastive)
+    prompt_classes: int = 32  # classes sampled per pseudo-word step (all when fewer)
+    prompt_steps: int = 200  # optimisation steps of the pseudo-words (contrastive)
+    prompt_lr: float = 0.05  # Adam on the pseudo-words, in units of the token table's std
+    contrastive_tau: float = 0.1
+    contrastive_weight: float = 1.0
+    class_tau: float = 0.07  # temperature of the class-keeping term (contrastive)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where images come from and how they are split.
@@ -53,6 +91,10 @@ class DataConfig:
     split_seed: int = 0
     max_eval_per_class: int = 0  # 0 = every held-out image
     world: WorldConfig = field(default_factory=WorldConfig)
+    # real: train on the dataset's training images; synthetic (P3, data-free): train on images
+    # synthesised from the teacher (data.synthetic); evaluation uses the real sets either way
+    train_source: str = "real"
+    synthetic: SynthConfig = field(default_factory=SynthConfig)
 
 
 @dataclass(frozen=True)
@@ -154,6 +196,26 @@ class TextConfig:
 
 
 @dataclass(frozen=True)
+class TokensConfig:
+    """ViT blocks the P4 losses read (block indices, negative from the end; None = all)."""
+
+    student_layers: Optional[list[int]] = None
+    teacher_layers: Optional[list[int]] = None
+
+
+@dataclass(frozen=True)
+class AttnConfig:
+    layer_map: Optional[list[list[int]]] = None  # [[student idx, teacher idx], ...] into the tapped lists
+
+
+@dataclass(frozen=True)
+class TokenNCEConfig:
+    queue_size: int = 4096
+    tau: float = 0.07
+    layer_map: Optional[list[list[int]]] = None
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     """Which losses, with which weights; an ablation sets a weight to 0."""
 
@@ -169,6 +231,9 @@ class DistillConfig:
     pvld: PVLDConfig = field(default_factory=PVLDConfig)
     udist: UDistConfig = field(default_factory=UDistConfig)
     labels: bool = True  # false: label-free training (P2); the training set carries no labels
+    tokens: TokensConfig = field(default_factory=TokensConfig)  # P4: tapped ViT blocks
+    attn: AttnConfig = field(default_factory=AttnConfig)
+    token_nce: TokenNCEConfig = field(default_factory=TokenNCEConfig)
 
 
 @dataclass(frozen=True)
@@ -368,5 +433,19 @@ def validate(cfg: TrainConfig) -> None:
         _check(w >= 0, f"distill.weights.{name}", f"must be >= 0, got {w}")
     _check(any(w > 0 for w in cfg.distill.weights.values()), "distill.weights",
            "at least one loss needs a weight > 0")
+    _check(cfg.distill.token_nce.tau > 0, "distill.token_nce.tau",
+           f"must be > 0 (a softmax temperature), got {cfg.distill.token_nce.tau}")
+    _check(cfg.distill.token_nce.queue_size >= 0, "distill.token_nce.queue_size", "must be >= 0")
+    for key in ("attn", "token_nce"):
+        lm = getattr(cfg.distill, key).layer_map
+        _check(lm is None or all(len(p) == 2 for p in lm), f"distill.{key}.layer_map",
+               f"must be a list of [student index, teacher index] pairs, got {lm}")
+    _check(cfg.data.train_source in ("real", "synthetic"), "data.train_source",
+           f"must be 'real' or 'synthetic', got {cfg.data.train_source!r}")
+    if cfg.data.train_source == "synthetic":
+        from vldistill.trainers.synth import validate_synth
+        validate_synth(cfg.data.synthetic)
+        _check(cfg.data.synthetic.image_size == cfg.data.image_size, "data.synthetic.image_size",
+               f"must equal data.image_size ({cfg.data.image_size}), got {cfg.data.synthetic.image_size}")
     e = cfg.teacher.embedded
     _check(e.steps >= 1 and e.batch_size >= 2, "teacher.embedded", "steps >= 1, batch_size >= 2")

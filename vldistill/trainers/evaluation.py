@@ -131,12 +131,17 @@ def floors(splits: Splits) -> dict[str, float]:
 
 
 def student_cost(student: torch.nn.Module, image_size: int, iters: int = 30) -> dict[str, float]:
-    """Parameters (incl. the head) and CPU latency per image at batch 1, in ms."""
+    """Parameters (incl. the head), forward FLOPs (2 x multiply-accumulates, see
+    ``trainers/flops.py``) and CPU latency per image at batch 1, in ms."""
+    from vldistill.trainers.flops import count_flops
+
     device = next(student.parameters()).device
     cpu = student.to("cpu")
     latency = measure_latency_ms(cpu, (1, 3, image_size, image_size), iters=iters)
+    flops = count_flops(cpu, (1, 3, image_size, image_size))
     student.to(device)
-    return {"student_params": float(count_params(student)), "student_latency_ms": latency}
+    return {"student_params": float(count_params(student)), "student_flops": float(flops),
+            "student_latency_ms": latency}
 
 
 # ----- final evaluation: representation metrics, few-shot, linear probe ---------------------

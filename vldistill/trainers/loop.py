@@ -57,8 +57,9 @@ from vldistill.trainers.text import (build_text_targets, caption_embeddings, che
 log = logging.getLogger(__name__)
 CKPT_NAME = "last.pt"
 # Losses whose inputs the loop provides (student embed, teacher image embed, class and
-# vocabulary text, captions, the sentence bank). attn / token_nce need token grids (P4).
-FED_LOSSES = frozenset({"cls", "mse", "im_cst", "vlprox", "cap", "vld", "pvld", "udist"})
+# vocabulary text, captions, the sentence bank, ViT token grids and attention maps).
+FED_LOSSES = frozenset({"cls", "mse", "im_cst", "vlprox", "cap", "vld", "pvld", "udist", "attn",
+                        "token_nce"})
 # Config keys of a loss group that the loop consumes (not constructor arguments).
 LOOP_KEYS = {"vld": ("sentences_file", "bank_size", "bank_seed")}
 
@@ -134,7 +135,8 @@ def check_registries(cfg: TrainConfig) -> None:
     """Names and files the config points at exist (cheap; runs before anything is written)."""
     import open_clip
 
-    from vldistill.trainers.students import check_student_name
+    from vldistill.trainers.students import TOKEN_LOSSES, check_student_name, check_token_student
+    from vldistill.trainers.teachers import check_token_teacher
     for name, weight in cfg.distill.weights.items():
         if name not in LOSSES:
             raise ConfigError(f"distill.weights.{name}: unknown loss; known: {', '.join(sorted(LOSSES))}")
@@ -149,6 +151,14 @@ def check_registries(cfg: TrainConfig) -> None:
                              if bad[0] == "vlprox" else "") + "; set its weight to 0")
     check_source(cfg.distill.text.source)
     check_student_name(cfg.student.name)
+    check_token_student(cfg)
+    if any(cfg.distill.weights.get(n, 0.0) > 0 for n in TOKEN_LOSSES):
+        check_token_teacher(cfg.teacher)
+        if cfg.compile:  # the taps are Python hooks toggled per step; dynamo would guard on them
+            raise ConfigError("compile: torch.compile is not supported with distill.weights.attn/token_nce > 0")
+    if cfg.data.train_source == "synthetic" and cfg.distill.weights.get("cap", 0) > 0:
+        raise ConfigError("distill.weights.cap > 0 needs a caption per training image; synthetic "
+                          "training images (data.train_source=synthetic) have none")
     t = cfg.teacher
     if t.name != "embedded" and t.name not in open_clip.list_models():
         raise ConfigError(f"teacher.name: unknown open_clip model {t.name!r}; use 'embedded' or one of "
@@ -252,12 +262,23 @@ def prepare(cfg: TrainConfig) -> tuple[Splits, Teacher, Any, dict[str, float]]:
         return splits, teacher, replace(text, **_feeds(cfg, splits, teacher, key)), static
     info = resolve_dataset(cfg, cfg.progress)
     d = cfg.data
+    synthetic = d.train_source == "synthetic"
     splits = build_splits(info, d.image_size, d.train_fraction, d.images_per_class, d.split_seed,
-                          d.shift_domains, d.max_eval_per_class, cfg.progress)
+                          d.shift_domains, d.max_eval_per_class, cfg.progress, load_train=not synthetic)
     teacher = load_teacher(cfg.teacher, world_spec(cfg), cfg.cache_dir, cfg.progress)
     text = build_text_targets(teacher, info, cfg.distill.text)
     teacher_m = {f"teacher/{k}": v for k, v in _teacher_metrics(teacher, splits, text, cfg).items()}
-    static = {**eval_sizes(splits), **floors(splits), **teacher_m}
+    synth_m = {}
+    if synthetic:  # P3: no real training image is opened; the teacher makes the training set
+        from vldistill.trainers.data.folder import LabelledImages
+        from vldistill.trainers.synth import synthesize
+        images, labels, meta = synthesize(teacher, [info.name(c) for c in info.base], d.synthetic,
+                                          cache_root(cfg.cache_dir), cfg.progress)
+        splits = replace(splits, train=LabelledImages(images, labels, list(info.base)), train_paths=[],
+                         train_key=f"synthetic/{meta['key']}")
+        synth_m = {f"synthetic/{k}": float(meta[k]) for k in
+                   ("zero_shot_acc", "diversity", "diversity_per_class", "cos_after") if k in meta}
+    static = {**eval_sizes(splits), **floors(splits), **teacher_m, **synth_m}
     if cfg.augment.views > 0 and cfg.teacher_cache:  # a sweep builds it here, before trials
         ensure_cache(teacher, splits, d.image_size, cfg.augment, cfg.augment.views,
                      cache_root(cfg.cache_dir), cfg.progress)
@@ -346,8 +367,18 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
     loss_kwargs = {n: {k: x for k, x in (asdict(v) if hasattr(v, "__dataclass_fields__") else dict(v)).items()
                        if k not in LOOP_KEYS.get(n, ())}
                    for n in cfg.distill.weights if (v := getattr(cfg.distill, n, None)) is not None}
+    token_losses = [n for n in ("attn", "token_nce") if cfg.distill.weights.get(n, 0.0) > 0]
+    tok = cfg.distill.tokens
+    what = tuple(k for n, k in (("token_nce", "tokens"), ("attn", "attn")) if n in token_losses)
+    if token_losses:  # P4: taps on the student's and the teacher's ViT blocks (before DDP)
+        s_tap = student.enable_tokens(tok.student_layers, what=what)
+        t_tap = teacher.token_tap(tok.teacher_layers)
+        if "token_nce" in token_losses:
+            loss_kwargs["token_nce"] = {**loss_kwargs.get("token_nce", {}),
+                                        "student_dim": s_tap.width, "teacher_dim": t_tap.width}
     criterion = WeightedLoss(cfg.distill.weights, loss_kwargs).to(device)
     opt = _build_optimizer(student, criterion, cfg)
+    crit_params = [p for p in criterion.parameters() if p.requires_grad]
     # Label-free runs train on images only: the labels are not in the object batches come from.
     train_set = splits.train if cfg.distill.labels else UnlabelledImages.of(splits.train)
     n_train = len(train_set)
@@ -359,6 +390,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
     if state is not None:
         student.load_state_dict(state["student"])
         opt.load_state_dict(state["optimizer"])
+        if "criterion" in state:  # losses with weights or buffers (token_nce's projection, queue)
+            criterion.load_state_dict(state["criterion"])
         start_epoch, last = state["epoch"], state.get("metrics", {})
         log.info("resumed from %s after epoch %d", ckpt_path / CKPT_NAME, start_epoch)
     model = _wrap(student, cfg, dist, device)
@@ -368,7 +401,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
     captions = text.captions.to(device) if text.captions is not None else None
     views = cfg.augment.views
     cache = None
-    if views > 0 and cfg.teacher_cache:
+    if views > 0 and cfg.teacher_cache and not token_losses:  # P4 runs the teacher online (tokens)
         cache = ensure_cache(teacher, splits, d.image_size, cfg.augment, views,
                              cache_root(cfg.cache_dir), cfg.progress)
     local_bs = o.batch_size // dist.world
@@ -390,11 +423,16 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
                 x = x.contiguous(memory_format=torch.channels_last)
             batch = {"label": train_set.labels[idx].to(device)} if cfg.distill.labels else {}
             with _autocast(cfg, device):
-                t_img = cache.lookup(idx, view).to(device) if cache else teacher.encode_images(x)
-                t_out = {"image_embed": t_img, **text_dev}
+                if token_losses:
+                    t_img, t_tok = teacher.encode_images_with_tokens(x, tok.teacher_layers, what)
+                    s_out = model(x, with_tokens=True)
+                else:
+                    t_img = cache.lookup(idx, view).to(device) if cache else teacher.encode_images(x)
+                    t_tok, s_out = {}, model(x)
+                t_out = {"image_embed": t_img, **text_dev, **t_tok}
                 if captions is not None:
                     t_out["caption_embed"] = captions[idx.to(device)]
-                loss, logs = criterion(model(x), t_out, batch)
+                loss, logs = criterion(s_out, t_out, batch)
             finite = bool(torch.isfinite(loss))
             if dist.world > 1:  # all ranks stop together: one rank alone would hang the others
                 import torch.distributed as tdist
@@ -408,6 +446,12 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
                 g["lr"] = _lr(step, total, warmup, o.lr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if dist.world > 1 and crit_params:  # loss-owned weights are outside DDP: average them
+                import torch.distributed as tdist
+                for p in crit_params:
+                    if p.grad is not None:
+                        tdist.all_reduce(p.grad)
+                        p.grad /= dist.world
             if o.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
             opt.step()
@@ -438,7 +482,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
         if ckpt_path is not None:
             if dist.main:
                 save_checkpoint({"student": student.state_dict(), "optimizer": opt.state_dict(),
-                                 "epoch": epoch + 1, "metrics": last}, ckpt_path)
+                                 "criterion": criterion.state_dict(), "epoch": epoch + 1,
+                                 "metrics": last}, ckpt_path)
             checkpoint = str(ckpt_path) if dist.main else None
         reporter.report(row, checkpoint)
     if start_epoch >= o.epochs:  # resumed a finished run: re-evaluate for the final row

@@ -11,7 +11,13 @@ get mixed up (open_clip's distillation path shares transforms; we do not).
   (benchmarks: cost does not depend on weights).
 * ``teacher.name=embedded`` trains the small CLIP in ``model_configs/`` on captions of the
   embedded world (all classes, all domains), once, and caches it on disk keyed by its
-  recipe and the world (see :func:`train_embedded`).
+  recipe and the world (see :func:`train_embedded`). ``teacher.embedded.model`` picks the
+  open_clip config: ``vldistill-rn10t-tiny`` (ResNet, the default) or ``vldistill-vit-tiny``
+  (ViT, for the P4 token losses).
+
+With a ViT image tower, :meth:`Teacher.encode_images_with_tokens` also returns per-block
+hidden states and attention maps (``trainers/tokens.py``) for ``attn`` / ``token_nce``;
+:func:`check_token_teacher` refuses a non-ViT teacher for them before anything is built.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import VisionTransformer
 from torch import nn
 from tqdm.auto import tqdm
 
 from vldistill.trainers.config import ConfigError, EmbeddedTeacherConfig, TeacherConfig
 from vldistill.trainers.data.world import World, WorldSpec
+from vldistill.trainers.tokens import Taps, TokenTap, tap_open_clip_vit
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,52 @@ class Teacher(nn.Module):
         if self.embed_dim is None:
             with torch.no_grad():
                 self.embed_dim = self.encode_text(["a"]).shape[1]
+        self._tap: TokenTap | None = None  # built on first encode_images_with_tokens
+        self._tap_layers: tuple[int, ...] | None = None
+
+    def _config_key(self) -> str:
+        """The config key that chose this model (for error messages)."""
+        shipped = (MODEL_CONFIG_DIR / f"{self.model_name}.json").is_file()
+        return "teacher.embedded.model" if shipped else "teacher.name"
+
+    def token_tap(self, layers: Sequence[int] | None = None) -> TokenTap:
+        """The token tap on image-tower blocks ``layers`` (None: all), installed once.
+
+        ``tap.width`` is the teacher token width (``token_nce``'s ``teacher_dim``),
+        ``tap.layers`` the tapped blocks. Asking for other layers replaces the tap.
+
+        Raises:
+            ConfigError: naming the teacher config key if the image tower is not a ViT.
+        """
+        want = None if layers is None else tuple(layers)
+        if self._tap is None or want != self._tap_layers:
+            if self._tap is not None:
+                self._tap.remove()
+            self._tap = tap_open_clip_vit(self.model, layers, name=self.model_name,
+                                          key=self._config_key())
+            self._tap_layers = want
+        return self._tap
+
+    @torch.no_grad()
+    def encode_images_with_tokens(self, images: torch.Tensor, layers: Sequence[int] | None = None,
+                                  what: Sequence[str] = ("tokens", "attn"),
+                                  ) -> tuple[torch.Tensor, Taps]:
+        """Like :meth:`encode_images`, plus the image tower's per-block tokens and attention.
+
+        Args:
+            images: ``[B, 3, H, W]`` floats in ``[0, 1]`` at any resolution.
+            layers: tower blocks to tap (None: all); lists come out in block order.
+            what: which of ``"tokens"`` / ``"attn"`` to record.
+
+        Returns:
+            ``(embed [B, E] L2-normalised, {"tokens": [[B, N, W]...], "attn": [[B, H, N, N]...]})``
+            computed without gradients (teacher targets), in the tower's dtype (attention
+            maps in float32).
+        """
+        tap = self.token_tap(layers)
+        with tap.record(what) as taps:
+            emb = self.model.encode_image(self.preprocess(images))
+        return F.normalize(emb.float(), dim=-1), taps
 
     def train(self, mode: bool = True) -> "Teacher":  # always frozen
         return super().train(False)
@@ -159,6 +213,27 @@ def load_teacher(cfg: TeacherConfig, world: WorldSpec, cache_dir: str | None = N
     return load_open_clip(cfg.name, cfg.pretrained)
 
 
+def check_token_teacher(cfg: TeacherConfig) -> None:
+    """Raise :class:`ConfigError` unless the configured teacher has an open_clip ViT tower.
+
+    Reads only the open_clip model config (nothing is built or downloaded): the token losses
+    ``attn`` / ``token_nce`` need per-block tokens of a ViT, which a ResNet or timm tower
+    (e.g. the default ``vldistill-rn10t-tiny``) does not have.
+    """
+    key, name = (("teacher.embedded.model", cfg.embedded.model) if cfg.name == "embedded"
+                 else ("teacher.name", cfg.name))
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
+        raise ConfigError(f"{key}: unknown open_clip model {name!r}")
+    vision = model_cfg.get("vision_cfg", {})
+    if vision.get("timm_model_name") or vision.get("hf_model_name") or not isinstance(
+            vision.get("layers", 12), int):
+        raise ConfigError(f"{key}={name!r}: the token losses (attn, token_nce) need a ViT image "
+                          "tower; this one is "
+                          f"{vision.get('timm_model_name') or vision.get('hf_model_name') or 'a ResNet'} "
+                          "(use teacher=embedded_vit, i.e. teacher.embedded.model=vldistill-vit-tiny)")
+
+
 # ----- the embedded teacher --------------------------------------------------------------
 
 
@@ -216,6 +291,9 @@ def train_embedded(cfg: EmbeddedTeacherConfig, world_spec: WorldSpec,
     (folder / "quality.json").write_text(json.dumps(quality, indent=1))
     os.replace(tmp, ckpt)
     log.info("embedded teacher trained in %.0f s, cached at %s", train_s, ckpt)
+    # The content key, as when loaded: teacher-cache / teacher-metric entries built in this
+    # process must not share a placeholder key with another freshly trained teacher.
+    teacher.key = key
     return teacher
 
 
@@ -228,7 +306,7 @@ def _fit(model: nn.Module, world: World, cfg: EmbeddedTeacherConfig, progress: b
     doms = torch.from_numpy(domains)
     tokenizer = open_clip.get_tokenizer(cfg.model)
     tokens = tokenizer(captions)
-    feat_dim = model.visual.trunk.num_features
+    feat_dim = _pooled_dim(model.visual, cfg.model)
     heads = nn.ModuleDict({"shape": nn.Linear(feat_dim, 6), "colour": nn.Linear(feat_dim, 6),
                            "domain": nn.Linear(feat_dim, 4)})
     params = list(model.parameters()) + list(heads.parameters())
@@ -251,8 +329,8 @@ def _fit(model: nn.Module, world: World, cfg: EmbeddedTeacherConfig, progress: b
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
-        feats = model.visual.trunk((x - mean) / std)  # world images are at the tower's size
-        img = F.normalize(model.visual.head(feats), dim=-1)
+        feats, img = _pooled_and_embed(model.visual, (x - mean) / std)  # world images: tower's size
+        img = F.normalize(img, dim=-1)
         txt = F.normalize(model.encode_text(tokens[idx]), dim=-1)
         loss_c = clip_loss(img, txt, model.logit_scale.exp())
         loss_a = (F.cross_entropy(heads["shape"](feats), shapes[idx])
@@ -267,6 +345,33 @@ def _fit(model: nn.Module, world: World, cfg: EmbeddedTeacherConfig, progress: b
         if step % 20 == 0:
             bar.set_postfix(clip=f"{loss_c.item():.3f}", aux=f"{loss_a.item():.3f}")
     return Teacher(model, cfg.model, "trained")
+
+
+def _pooled_dim(visual: nn.Module, model_name: str) -> int:
+    """Width of the pooled image features the auxiliary heads read (before the projection)."""
+    if hasattr(visual, "trunk"):  # open_clip TimmModel (e.g. the resnet10t teacher)
+        return int(visual.trunk.num_features)
+    if isinstance(visual, VisionTransformer) and visual.attn_pool is None:
+        return int(visual.transformer.width)  # ln_post keeps the width; proj maps to embed_dim
+    raise ConfigError(f"teacher.embedded.model: {model_name!r} has an image tower of type "
+                      f"{type(visual).__name__}; the embedded recipe supports open_clip timm towers "
+                      "and open_clip VisionTransformers without attentional pooling")
+
+
+def _pooled_and_embed(visual: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pooled features, image embedding)`` of normalised images, in one pass.
+
+    The embedding equals ``visual(x)``; the pooled features are what comes before the
+    projection (timm trunk output; the ViT's pooled CLS token after ``ln_post``), which the
+    auxiliary shape/colour/domain heads classify. For the ViT this goes through
+    ``VisionTransformer._embeds``/``_pool`` (open_clip 3.3.0 internals, checked against
+    ``visual(x)`` in tests/unit/test_tokens.py).
+    """
+    if hasattr(visual, "trunk"):
+        feats = visual.trunk(x)
+        return feats, visual.head(feats)
+    pooled, _ = visual._pool(visual.transformer(visual._embeds(x)))
+    return pooled, (pooled @ visual.proj if visual.proj is not None else pooled)
 
 
 def _attr(world: World, k: int, which: str) -> int:

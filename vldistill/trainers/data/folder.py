@@ -192,6 +192,8 @@ class Splits:
     novel: LabelledImages  # every novel image, training domain
     shift: dict[str, LabelledImages]  # base classes in each shifted domain
     train_paths: list[Path] = field(default_factory=list)
+    # identity of a training set that is not files (P3's synthetic set): its cache key
+    train_key: str = ""
 
 
 def _cap(paths: list[Path], n: int) -> list[Path]:
@@ -200,11 +202,12 @@ def _cap(paths: list[Path], n: int) -> list[Path]:
 
 def build_splits(info: DatasetInfo, image_size: int, train_fraction: float,
                  images_per_class: int, split_seed: int, shift_domains: Sequence[str] | None,
-                 max_eval_per_class: int = 0, progress: bool = True) -> Splits:
+                 max_eval_per_class: int = 0, progress: bool = True, load_train: bool = True) -> Splits:
     """Split base-class images of the training domain into train/val and load every set.
 
     The split is a seeded shuffle per class (``split_seed``), independent of the trial seed,
-    so every trial of a sweep sees the same held-out images.
+    so every trial of a sweep sees the same held-out images. ``load_train=False`` (P3's
+    data-free training) opens no training image: ``train`` is empty and ``train_paths`` too.
     """
     train_domain = info.train_domain
     domains = list(shift_domains) if shift_domains is not None else [
@@ -247,8 +250,12 @@ def build_splits(info: DatasetInfo, image_size: int, train_fraction: float,
             ps += cp
             ys += [k] * len(cp)
         shift[d] = load(ps, ys, info.base, f"loading {d}")
-    return Splits(info, load(train_p, train_y, info.base, "loading train"),
-                  load(val_p, val_y, info.base, "loading val"),
+    if not load_train:
+        train_p, train_y = [], []
+    train = load(train_p, train_y, info.base, "loading train") if train_p else LabelledImages(
+        torch.empty(0, 3, image_size, image_size, dtype=torch.uint8), torch.empty(0, dtype=torch.long),
+        list(info.base))
+    return Splits(info, train, load(val_p, val_y, info.base, "loading val"),
                   load(novel_p, novel_y, info.novel, "loading novel"), shift, train_p)
 
 

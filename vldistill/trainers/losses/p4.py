@@ -116,12 +116,13 @@ def default_layer_map(n_student: int, n_teacher: int) -> LayerMap:
 
     Halves round up (not Python's round-half-to-even), so e.g. 4 -> 6 layers gives
     [(0, 1), (1, 2), (2, 4), (3, 5)]; the last student layer always maps to the last
-    teacher layer.
+    teacher layer, and a student with more than twice the teacher's layers maps its first
+    ones to teacher layer 0 (never -1, which would index the last layer).
     """
     if n_student < 1 or n_teacher < 1:
         raise ValueError(f"need >= 1 layer on each side, got {n_student} and {n_teacher}")
     return [
-        (i, ((i + 1) * 2 * n_teacher + n_student) // (2 * n_student) - 1)
+        (i, max(((i + 1) * 2 * n_teacher + n_student) // (2 * n_student) - 1, 0))
         for i in range(n_student)
     ]
 
@@ -313,7 +314,8 @@ class TokenNCELoss(nn.Module):
         s_layers = _layers(student, "tokens", "student", "token_nce")
         t_layers = _layers(teacher, "tokens", "teacher", "token_nce")
         pairs = _resolve_layer_map(self.layer_map, len(s_layers), len(t_layers), "token_nce")
-        negatives = self.queue[: int(self.queue_count)]  # snapshot before this call's enqueue
+        # a copy: the in-place enqueue below must not change what backward saved
+        negatives = self.queue[: int(self.queue_count)].clone()
         terms, keys = [], []
         for i, j in pairs:
             x_s = s_layers[i]

@@ -57,7 +57,8 @@ def _write(tmp_path: Path, data: dict, name: str = "space.yaml") -> Path:
 
 
 def test_shipped_spaces_are_the_documented_ones():
-    assert {"smoke", "default", "p1_losses", "students"} <= set(SHIPPED)
+    assert {"smoke", "default", "p1_losses", "students", "attribute_sources", "prompt_diversification",
+            "dime_fm", "distillvlm"} <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -206,7 +207,8 @@ def test_structural_error_names_file_and_key(case, tmp_path):
 
 
 @pytest.mark.parametrize("metric", ["shift_acc/sketch", "novel_acc/compositional", "M_rel",
-                                    "student_flops", "fewshot_novel_acc", "loss"])
+                                    "student_flops", "fewshot_novel_acc", "loss", "novel_acc_5shot",
+                                    "M_neigh/base", "synthetic/diversity"])
 def test_metric_patterns_are_accepted(metric):
     assert search_space_from_dict(_minimal(metric=metric, mode="min")).metrics == (metric,)
 

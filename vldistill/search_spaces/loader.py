@@ -53,9 +53,11 @@ PLACEMENTS = ("pack", "spread", "strict_pack", "strict_spread")
 # Metrics a trial reports (trainers/evaluation.py, loop.py); `<domain>`/`<kind>` are free.
 KNOWN_METRICS = ("base_acc", "novel_acc", "hmean", "shift_acc", "shift_acc/<domain>",
                  "novel_acc/<kind>", "fewshot_novel_acc", "linear_probe_acc", "M_rel", "M_neigh",
-                 "M_vlalign", "student_params", "student_flops", "student_latency_ms", "loss")
+                 "M_vlalign", "M_<rel|neigh|vlalign>/<base|novel>", "novel_acc_<k>shot",
+                 "synthetic/<stat>", "student_params", "student_flops", "student_latency_ms", "loss")
 _METRIC_RE = re.compile(r"(" + "|".join(m for m in KNOWN_METRICS if "<" not in m)
-                        + r"|shift_acc/[\w.-]+|novel_acc/[\w.-]+)")
+                        + r"|shift_acc/[\w.-]+|novel_acc/[\w.-]+|novel_acc_\d+shot"
+                        + r"|M_(?:rel|neigh|vlalign)/(?:base|novel)|synthetic/[\w.-]+)")
 
 
 class _Err:

@@ -105,3 +105,23 @@ def test_freshly_trained_embedded_teacher_carries_its_content_key(tmp_path):
         keys.add(t.key)
     assert len(keys) == 2
     torch.manual_seed(0)
+
+
+def test_a_trial_never_runs_the_teacher_over_the_evaluation_sets(smoke_overrides, tmp_path):
+    """P1's representation metrics read the teacher's evaluation embeddings from the cache:
+    the only teacher forwards of a trial are its training batches."""
+    from vldistill.trainers.loop import prepare
+
+    cfg = load_train_config([*smoke_overrides, "optim.epochs=2"])
+    _, teacher, _, _ = prepare(cfg)
+    seen = []
+    original = teacher.encode_images
+    teacher.encode_images = lambda x: (seen.append(len(x)), original(x))[1]
+    try:
+        m = train(cfg, LogReporter(), tmp_path / "run")
+    finally:
+        del teacher.encode_images
+    steps = max(m["n/train"] // cfg.optim.batch_size, 1)
+    assert sum(seen) == cfg.optim.epochs * steps * cfg.optim.batch_size, seen
+    for key in ("M_rel", "M_neigh", "M_vlalign", "M_rel/base"):
+        assert 0.0 <= m[key] <= 1.0, key

@@ -148,19 +148,21 @@ def student_cost(student: torch.nn.Module, image_size: int, iters: int = 30) -> 
 
 
 @torch.no_grad()
-def representation_metrics(encode: Encoder, teacher_encode: Encoder, splits: Splits,
+def representation_metrics(encode: Encoder, teacher: "Encoder | dict[str, torch.Tensor]", splits: Splits,
                            text: TextTargets, neigh_k: int = 10, vlalign_k: int = 5,
                            batch_size: int = 512, device: torch.device | str = "cpu",
                            dist=None) -> dict[str, float]:
     """P1's ``M_rel``, ``M_neigh``, ``M_vlalign`` on held-out base and on novel images.
 
     Un-suffixed keys are the novel (OOD) values; ``/base`` uses the base class texts for
-    ``M_vlalign``, ``/novel`` the novel ones.
+    ``M_vlalign``, ``/novel`` the novel ones. ``teacher``: the teacher's image encoder, or
+    its precomputed normalised embeddings ``{"base": [N_val_base, D], "novel": [N_novel, D]}``
+    (what trials use: :func:`teacher_eval_embeddings`, computed once per teacher and data).
     """
     m: dict[str, float] = {}
     for name, data, classes in (("base", splits.val_base, text.base), ("novel", splits.novel, text.novel)):
         s = embed_images(encode, data, batch_size, device, dist)
-        t = embed_images(teacher_encode, data, batch_size, device, dist)
+        t = teacher[name] if isinstance(teacher, dict) else embed_images(teacher, data, batch_size, device, dist)
         m[f"M_rel/{name}"] = relation_to_teacher(s, t)
         m[f"M_neigh/{name}"] = neighbour_overlap(s, t, neigh_k)
         m[f"M_vlalign/{name}"] = vl_alignment_inversions(s, t, classes.cpu().float(), vlalign_k)
@@ -252,14 +254,26 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: 
         return mean_per_class_accuracy((xt @ w.T + b).argmax(1), test_y.cpu())
 
 
+def teacher_eval_embeddings(teacher, splits: Splits, batch_size: int = 512,
+                            device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The teacher's normalised embeddings of the held-out base and the novel images (the
+    fixed side of P1's representation metrics; computed once, not in every trial)."""
+    return {"base": embed_images(teacher.encode_images, splits.val_base, batch_size, device),
+            "novel": embed_images(teacher.encode_images, splits.novel, batch_size, device)}
+
+
 def final_metrics(student: torch.nn.Module, teacher, splits: Splits, text: TextTargets,
                   cfg: TrainConfig, device: torch.device | str = "cpu", dist=None) -> dict[str, float]:
-    """The final evaluation's extras: representation metrics, few-shot, linear probe."""
+    """The final evaluation's extras: representation metrics, few-shot, linear probe.
+
+    ``teacher``: a Teacher, or its :func:`teacher_eval_embeddings` (what the loop passes).
+    """
     ev = cfg.eval
     encode = lambda im: student(im)["embed"]  # noqa: E731
     was = student.training
     student.eval()
-    m = representation_metrics(encode, teacher.encode_images, splits, text, ev.neigh_k, ev.vlalign_k,
+    t_side = teacher if isinstance(teacher, dict) else teacher.encode_images
+    m = representation_metrics(encode, t_side, splits, text, ev.neigh_k, ev.vlalign_k,
                                ev.batch_size, device, dist)
     if ev.linear_probe:
         tr = embed_images(encode, splits.train, ev.batch_size, device, dist)

@@ -203,6 +203,30 @@ def _teacher_metrics(teacher: Teacher, splits: Splits, text, cfg: TrainConfig) -
     return m
 
 
+def _teacher_embeddings(teacher: Teacher, splits: Splits, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The teacher's embeddings of the held-out base and novel images (P1's representation
+    metrics compare every student with them), cached on disk next to the teacher metrics:
+    a trial never runs the teacher over the evaluation sets (with a ViT-B teacher on CPU
+    that would be minutes per trial)."""
+    from vldistill.trainers.evaluation import teacher_eval_embeddings
+    blob = json.dumps({"teacher": teacher.key, "root": str(splits.info.root), "data": asdict(cfg.data),
+                       "what": "eval-embeddings", "v": 1}, sort_keys=True)
+    path = cache_root(cfg.cache_dir) / "teacher_eval" / (hashlib.sha256(blob.encode()).hexdigest()[:16] + ".pt")
+    if str(path) in _EVAL_EMB:
+        return _EVAL_EMB[str(path)]
+    if path.is_file():
+        emb = torch.load(path, map_location="cpu", weights_only=True)
+        _EVAL_EMB.clear()
+        _EVAL_EMB[str(path)] = emb
+        return emb
+    emb = teacher_eval_embeddings(teacher, splits, cfg.eval.batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(emb, tmp)
+    os.replace(tmp, path)
+    return emb
+
+
 def save_checkpoint(state: dict[str, Any], ckpt_dir: Path) -> Path:
     """Write ``last.pt`` atomically: a crash mid-write leaves the previous one intact."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -223,6 +247,7 @@ def load_checkpoint(ckpt_dir: Path | None) -> dict[str, Any] | None:
 
 
 _MEMO: dict[str, tuple] = {}  # a reused Ray actor (or a test) pays data/teacher loading once
+_EVAL_EMB: dict[str, dict] = {}  # the teacher's evaluation-set embeddings, by cache file
 _FEEDS: dict[str, dict] = {}  # caption / sentence-bank embeddings, keyed like _MEMO plus their config
 
 
@@ -279,6 +304,7 @@ def prepare(cfg: TrainConfig) -> tuple[Splits, Teacher, Any, dict[str, float]]:
         synth_m = {f"synthetic/{k}": float(meta[k]) for k in
                    ("zero_shot_acc", "diversity", "diversity_per_class", "cos_after") if k in meta}
     static = {**eval_sizes(splits), **floors(splits), **teacher_m, **synth_m}
+    _teacher_embeddings(teacher, splits, cfg)  # built here (a sweep's driver), read by trials
     if cfg.augment.views > 0 and cfg.teacher_cache:  # a sweep builds it here, before trials
         ensure_cache(teacher, splits, d.image_size, cfg.augment, cfg.augment.views,
                      cache_root(cfg.cache_dir), cfg.progress)
@@ -472,7 +498,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
             with _autocast(cfg, device):
                 last = evaluate(encode, splits, text, cfg.eval.batch_size, device, dist)
             if final:  # fp32: the few-shot copy is fine-tuned here
-                last.update(final_metrics(student, teacher, splits, text, cfg, device, dist))
+                t_eval = _teacher_embeddings(teacher, splits, cfg)
+                last.update(final_metrics(student, t_eval, splits, text, cfg, device, dist))
             row.update(last)
         if final:
             row.update(student_cost(student, d.image_size, cfg.eval.latency_iters))
@@ -490,7 +517,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
         student.eval()
         row = {"epoch": o.epochs, "epochs": o.epochs,
                **evaluate(encode, splits, text, cfg.eval.batch_size, device, dist),
-               **final_metrics(student, teacher, splits, text, cfg, device, dist),
+               **final_metrics(student, _teacher_embeddings(teacher, splits, cfg), splits, text, cfg, device, dist),
                **student_cost(student, d.image_size, cfg.eval.latency_iters), **static}
         reporter.report(row, str(ckpt_path) if dist.main and ckpt_path else None)
     return row

@@ -32,3 +32,20 @@ def test_trial_with_cache_matches_trial_with_online_teacher(smoke_overrides, tmp
                    LogReporter(), tmp_path / "b")
     for key in ("loss", "base_acc", "novel_acc", "shift_acc"):
         assert cached[key] == pytest.approx(online[key], abs=2e-3), key
+
+
+def test_parallel_build_writes_the_same_bytes_as_a_serial_build(smoke_overrides, tmp_path):
+    from vldistill.trainers.cache import build_cache
+
+    cfg = load_train_config([*smoke_overrides, "augment.views=2"])
+    splits, teacher, _, _ = prepare(cfg)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    build_cache(teacher, splits, cfg.augment, 2, one, batch_size=32, progress=False, workers=1)
+    build_cache(teacher, splits, cfg.augment, 2, two, batch_size=32, progress=False, workers=3)
+    import numpy as np
+    a, b = np.load(one / "embeds.npy"), np.load(two / "embeds.npy")
+    assert a.shape == (len(splits.train), 2, teacher.embed_dim) and np.abs(a).sum() > 0
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)  # 1 thread each side: same reductions
+    assert not list(two.glob("*.tmp*"))

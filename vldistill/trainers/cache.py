@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -60,25 +61,66 @@ class TeacherCache:
         return torch.from_numpy(rows.astype(np.float32, copy=True))
 
 
+_FORKED: dict = {}  # what forked build workers inherit (teacher, images, memmap path...)
+
+
+@torch.no_grad()
+def _encode_job(job: tuple[int, int]) -> tuple[int, int]:
+    """One (view, first index) batch of a build, in a forked worker with 1 torch thread."""
+    teacher, images, augment, path, batch_size = _FORKED["args"]
+    torch.set_num_threads(1)
+    v, i = job
+    idx = torch.arange(i, min(i + batch_size, len(images)))
+    out = np.load(path, mmap_mode="r+")
+    out[i:i + len(idx), v] = teacher.encode_images(make_views(images[idx], view_seed(idx, v), augment)).numpy()
+    out.flush()
+    return job
+
+
 @torch.no_grad()
 def build_cache(teacher, splits: Splits, augment: AugmentConfig, views: int, folder: Path,
-                batch_size: int = 256, progress: bool = True) -> Path:
-    """Compute and write the cache (atomically: a partial build is never visible)."""
+                batch_size: int = 256, progress: bool = True, workers: int | None = None) -> Path:
+    """Compute and write the cache (atomically: a partial build is never visible).
+
+    On the CPU the batches are spread over ``workers`` forked processes of one torch thread
+    each (default: this process's torch thread count), every one writing its rows of the
+    memory-mapped file: one single-thread process per core keeps the cores busier than one
+    multi-thread process (measured in docs/benchmarks.md), and the result is the same bytes
+    (each row is one teacher forward on one replayed view, whoever computes it).
+    """
     n = len(splits.train)
     device = next(teacher.parameters()).device
-    out = np.lib.format.open_memmap(folder / "embeds.tmp.npy", mode="w+", dtype=np.float32,
-                                    shape=(n, views, teacher.embed_dim))
+    path = folder / "embeds.tmp.npy"
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, views, teacher.embed_dim))
     jobs = [(v, i) for v in range(views) for i in range(0, n, batch_size)]
-    for v, i in tqdm(jobs, desc=f"teacher cache ({n} images x {views} views)", disable=not progress,
-                     leave=False):
-        idx = torch.arange(i, min(i + batch_size, n))
-        x = make_views(splits.train.images[idx], view_seed(idx, v), augment).to(device)
-        out[i:i + len(idx), v] = teacher.encode_images(x).cpu().numpy()
-    out.flush()
-    del out
+    workers = min(workers or torch.get_num_threads(), len(jobs))
+    bar = tqdm(total=len(jobs), desc=f"teacher cache ({n} images x {views} views, {max(workers, 1)} proc)",
+               disable=not progress, leave=False)
+    ray = sys.modules.get("ray")  # never fork a Ray worker or driver process (sockets, threads)
+    if workers > 1 and device.type == "cpu" and not (ray is not None and ray.is_initialized()):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        out.flush()
+        del out
+        _FORKED["args"] = (teacher, splits.train.images, augment, path, batch_size)
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                for _ in pool.map(_encode_job, jobs):
+                    bar.update(1)
+        finally:
+            _FORKED.clear()
+    else:
+        for v, i in jobs:
+            idx = torch.arange(i, min(i + batch_size, n))
+            x = make_views(splits.train.images[idx], view_seed(idx, v), augment).to(device)
+            out[i:i + len(idx), v] = teacher.encode_images(x).cpu().numpy()
+            bar.update(1)
+        out.flush()
+        del out
+    bar.close()
     (folder / "meta.json").write_text(json.dumps({"images": n, "views": views,
                                                   "dim": teacher.embed_dim, "teacher": teacher.key}))
-    os.replace(folder / "embeds.tmp.npy", folder / "embeds.npy")
+    os.replace(path, folder / "embeds.npy")
     return folder
 
 

@@ -80,13 +80,19 @@ def _acc(emb: torch.Tensor, text: torch.Tensor, labels: torch.Tensor,
 
 @torch.no_grad()
 def evaluate(encode: Encoder, splits: Splits, text: TextTargets, batch_size: int = 512,
-             device: torch.device | str = "cpu", dist=None) -> dict[str, float]:
-    """Every OOD accuracy of one encoder (student or teacher), over the whole sets."""
+             device: torch.device | str = "cpu", dist=None, keep: dict | None = None) -> dict[str, float]:
+    """Every OOD accuracy of one encoder (student or teacher), over the whole sets.
+
+    ``keep``: a dict that receives the ``"base"`` and ``"novel"`` embeddings (so the final
+    evaluation's representation metrics do not embed those images a second time).
+    """
     text = TextTargets(text.base.cpu().float(), text.novel.cpu().float(), text.vocab.cpu().float())
     m: dict[str, float] = {}
-    m["base_acc"] = _acc(embed_images(encode, splits.val_base, batch_size, device, dist), text.base,
-                         splits.val_base.labels)
+    base = embed_images(encode, splits.val_base, batch_size, device, dist)
+    m["base_acc"] = _acc(base, text.base, splits.val_base.labels)
     novel = embed_images(encode, splits.novel, batch_size, device, dist)
+    if keep is not None:
+        keep.update(base=base, novel=novel)
     m["novel_acc"] = _acc(novel, text.novel, splits.novel.labels)
     for kind, members in splits.info.novel_kinds.items():
         idx = [splits.info.novel.index(c) for c in members]
@@ -148,7 +154,7 @@ def student_cost(student: torch.nn.Module, image_size: int, iters: int = 30) -> 
 
 
 @torch.no_grad()
-def representation_metrics(encode: Encoder, teacher: "Encoder | dict[str, torch.Tensor]", splits: Splits,
+def representation_metrics(encode: "Encoder | dict[str, torch.Tensor]", teacher: "Encoder | dict[str, torch.Tensor]", splits: Splits,
                            text: TextTargets, neigh_k: int = 10, vlalign_k: int = 5,
                            batch_size: int = 512, device: torch.device | str = "cpu",
                            dist=None) -> dict[str, float]:
@@ -161,7 +167,7 @@ def representation_metrics(encode: Encoder, teacher: "Encoder | dict[str, torch.
     """
     m: dict[str, float] = {}
     for name, data, classes in (("base", splits.val_base, text.base), ("novel", splits.novel, text.novel)):
-        s = embed_images(encode, data, batch_size, device, dist)
+        s = encode[name] if isinstance(encode, dict) else embed_images(encode, data, batch_size, device, dist)
         t = teacher[name] if isinstance(teacher, dict) else embed_images(teacher, data, batch_size, device, dist)
         m[f"M_rel/{name}"] = relation_to_teacher(s, t)
         m[f"M_neigh/{name}"] = neighbour_overlap(s, t, neigh_k)
@@ -263,17 +269,19 @@ def teacher_eval_embeddings(teacher, splits: Splits, batch_size: int = 512,
 
 
 def final_metrics(student: torch.nn.Module, teacher, splits: Splits, text: TextTargets,
-                  cfg: TrainConfig, device: torch.device | str = "cpu", dist=None) -> dict[str, float]:
+                  cfg: TrainConfig, device: torch.device | str = "cpu", dist=None,
+                  student_embeds: dict | None = None) -> dict[str, float]:
     """The final evaluation's extras: representation metrics, few-shot, linear probe.
 
-    ``teacher``: a Teacher, or its :func:`teacher_eval_embeddings` (what the loop passes).
+    ``teacher``: a Teacher, or its :func:`teacher_eval_embeddings` (what the loop passes);
+    ``student_embeds``: the student's base/novel embeddings kept by :func:`evaluate`.
     """
     ev = cfg.eval
     encode = lambda im: student(im)["embed"]  # noqa: E731
     was = student.training
     student.eval()
     t_side = teacher if isinstance(teacher, dict) else teacher.encode_images
-    m = representation_metrics(encode, t_side, splits, text, ev.neigh_k, ev.vlalign_k,
+    m = representation_metrics(student_embeds or encode, t_side, splits, text, ev.neigh_k, ev.vlalign_k,
                                ev.batch_size, device, dist)
     if ev.linear_probe:
         tr = embed_images(encode, splits.train, ev.batch_size, device, dist)

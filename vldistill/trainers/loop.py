@@ -495,11 +495,12 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
         final = epoch + 1 == o.epochs
         if final or (epoch + 1) % cfg.eval.every == 0:  # other epochs carry no (stale) accuracy
             student.eval()
+            kept: dict = {}
             with _autocast(cfg, device):
-                last = evaluate(encode, splits, text, cfg.eval.batch_size, device, dist)
+                last = evaluate(encode, splits, text, cfg.eval.batch_size, device, dist, keep=kept)
             if final:  # fp32: the few-shot copy is fine-tuned here
                 t_eval = _teacher_embeddings(teacher, splits, cfg)
-                last.update(final_metrics(student, t_eval, splits, text, cfg, device, dist))
+                last.update(final_metrics(student, t_eval, splits, text, cfg, device, dist, kept))
             row.update(last)
         if final:
             row.update(student_cost(student, d.image_size, cfg.eval.latency_iters))
@@ -515,9 +516,11 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
         reporter.report(row, checkpoint)
     if start_epoch >= o.epochs:  # resumed a finished run: re-evaluate for the final row
         student.eval()
+        kept = {}
         row = {"epoch": o.epochs, "epochs": o.epochs,
-               **evaluate(encode, splits, text, cfg.eval.batch_size, device, dist),
-               **final_metrics(student, _teacher_embeddings(teacher, splits, cfg), splits, text, cfg, device, dist),
+               **evaluate(encode, splits, text, cfg.eval.batch_size, device, dist, keep=kept),
+               **final_metrics(student, _teacher_embeddings(teacher, splits, cfg), splits, text, cfg,
+                               device, dist, kept),
                **student_cost(student, d.image_size, cfg.eval.latency_iters), **static}
         reporter.report(row, str(ckpt_path) if dist.main and ckpt_path else None)
     return row

@@ -126,6 +126,19 @@ def template_prompts(info: DatasetInfo, classes: Sequence[str], cfg: TextConfig)
     return [[t.format(info.name(c)) for t in templates] for c in classes]
 
 
+def _json_object(path: Path, missing: str, shape: str) -> dict:
+    """The JSON object in ``path``; a missing file, bad JSON or another type is a DataError."""
+    if not path.is_file():
+        raise DataError(missing)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object {shape}")
+    return data
+
+
 def read_attributes(info: DatasetInfo, attributes: str, classes: Sequence[str]) -> dict[str, list[str]]:
     """``{class folder: [sentence, ...]}`` of ``distill.text.attributes`` for ``classes``.
 
@@ -135,14 +148,8 @@ def read_attributes(info: DatasetInfo, attributes: str, classes: Sequence[str]) 
     """
     name = ATTRIBUTE_FILES.get(attributes)
     path = info.root / name if name else data_path(info.root, attributes)
-    if not path.is_file():
-        raise DataError(f"distill.text.attributes={attributes!r}: file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object {{class folder: [sentence, ...]}}")
+    data = _json_object(path, f"distill.text.attributes={attributes!r}: file not found: {path}",
+                        "{class folder: [sentence, ...]}")
     out = {}
     for c in classes:
         sents = data.get(c)
@@ -209,15 +216,9 @@ def read_captions(root: Path, paths: Sequence[Path], file: str = "captions.json"
             without a caption.
     """
     path = Path(root) / file
-    if not path.is_file():
-        raise DataError(f"distill.weights.cap > 0 needs image captions: file not found: {path} "
-                        "(JSON {\"<domain>/<class>/<image>\": \"caption\"})")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object {{relative image path: caption}}")
+    data = _json_object(path, f"distill.weights.cap > 0 needs image captions: file not found: {path} "
+                              "(JSON {\"<domain>/<class>/<image>\": \"caption\"})",
+                        "{relative image path: caption}")
     out = []
     for p in paths:
         rel = Path(p).relative_to(root).as_posix()

@@ -350,3 +350,24 @@ def test_few_shot_accuracy_is_deterministic_and_depends_on_k(smoke_overrides):
     assert acc[1] != acc[4]
     assert few_shot_accuracy(student, splits.novel, text.novel, 1, 5, 1e-3, 0, cfg.augment) == acc[1]
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())  # a copy is tuned
+
+
+def test_text_targets_are_cached_by_teacher_and_prompts(teacher, info, tmp_path):
+    from vldistill.trainers.config import TextConfig
+    from vldistill.trainers.text import build_text_targets
+
+    cfg = TextConfig(source="descriptors")
+    first = build_text_targets(teacher, info, cfg, tmp_path)
+    (entry,) = (tmp_path / "text").glob("*.pt")
+    calls = []
+    original = teacher.encode_text
+    teacher.encode_text = lambda texts, *a, **k: (calls.append(len(texts)), original(texts, *a, **k))[1]
+    try:
+        again = build_text_targets(teacher, info, cfg, tmp_path)
+        assert calls == []  # read from the cache: the text tower did not run
+        other = build_text_targets(teacher, info, TextConfig(source="classname"), tmp_path)
+        assert calls  # other prompts: another entry
+    finally:
+        del teacher.encode_text
+    assert torch.equal(first.base, again.base) and torch.equal(first.novel, again.novel)
+    assert first.key == again.key != other.key and len(list((tmp_path / "text").glob("*.pt"))) == 2

@@ -291,7 +291,7 @@ def prepare(cfg: TrainConfig) -> tuple[Splits, Teacher, Any, dict[str, float]]:
     splits = build_splits(info, d.image_size, d.train_fraction, d.images_per_class, d.split_seed,
                           d.shift_domains, d.max_eval_per_class, cfg.progress, load_train=not synthetic)
     teacher = load_teacher(cfg.teacher, world_spec(cfg), cfg.cache_dir, cfg.progress)
-    text = build_text_targets(teacher, info, cfg.distill.text)
+    text = build_text_targets(teacher, info, cfg.distill.text, cache_root(cfg.cache_dir))
     teacher_m = {f"teacher/{k}": v for k, v in _teacher_metrics(teacher, splits, text, cfg).items()}
     synth_m = {}
     if synthetic:  # P3: no real training image is opened; the teacher makes the training set

@@ -193,15 +193,35 @@ def class_prompts(info: DatasetInfo, classes: Sequence[str], cfg: TextConfig) ->
     return prompts
 
 
-def build_text_targets(teacher, info: DatasetInfo, cfg: TextConfig) -> TextTargets:
-    """Base / novel class embeddings of the configured source and the vlprox vocabulary."""
+def build_text_targets(teacher, info: DatasetInfo, cfg: TextConfig, cache: Path | None = None) -> TextTargets:
+    """Base / novel class embeddings of the configured source and the vlprox vocabulary.
+
+    With ``cache`` (the vldistill cache root) the embeddings are stored under
+    ``cache/text/<hash of the teacher key and every prompt>.pt`` and read back by later
+    trials: a trial's process need not run the teacher's text tower (seconds at 1 thread for
+    a ViT-B teacher, per actor).
+    """
+    import os
+
     base_p = class_prompts(info, info.base, cfg)
     novel_p = class_prompts(info, info.novel, cfg)
+    extra = read_lines(info.root / "vocabulary.txt") if cfg.vocabulary else []
+    key = hashlib.sha256(json.dumps([base_p, novel_p, extra]).encode()).hexdigest()[:16]
+    path = None
+    if cache is not None:
+        blob = json.dumps({"teacher": teacher.key, "prompts": key, "v": 1}).encode()
+        path = Path(cache) / "text" / (hashlib.sha256(blob).hexdigest()[:16] + ".pt")
+        if path.is_file():
+            t = torch.load(path, map_location="cpu", weights_only=True)
+            return TextTargets(t["base"], t["novel"], t["vocab"], key)
     base = embed_prompt_sets(teacher, base_p)
     novel = embed_prompt_sets(teacher, novel_p)
-    extra = read_lines(info.root / "vocabulary.txt") if cfg.vocabulary else []
     vocab = torch.cat([base, teacher.encode_text(extra).float().cpu()]) if extra else base
-    key = hashlib.sha256(json.dumps([base_p, novel_p, extra]).encode()).hexdigest()[:16]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"base": base, "novel": novel, "vocab": vocab}, tmp)
+        os.replace(tmp, path)
     return TextTargets(base, novel, vocab, key)
 
 

@@ -116,6 +116,10 @@ class Remote:
         os.replace(tmp, local)
 
     def write_text(self, rel: str, text: str) -> None:
+        """Write a small object. Never empty: some S3-compatible servers reject the empty
+        multipart upload pyarrow's output stream makes of zero bytes."""
+        if not text:
+            raise ValueError("write_text: empty objects are not written (see docstring)")
         parent = self._p(rel).rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
         with self.fs.open_output_stream(self._p(rel)) as f:
@@ -125,7 +129,7 @@ class Remote:
         """Write and delete a small object: raises ``OSError`` now (missing bucket, no
         credentials, no permission) rather than after hours of training."""
         rel = f".vldistill-probe-{os.getpid()}"
-        self.write_text(rel, "")
+        self.write_text(rel, "probe\n")
         self.fs.delete_file(self._p(rel))
 
     def join(self, rel: str) -> str:
@@ -193,6 +197,6 @@ def push_cache(uri: str, local: Path) -> list[str]:
         if not remote.exists(entry + DONE):
             log.info("cache: uploading %s to %s", entry, uri)
             remote.put(Path(local) / entry, entry)
-            remote.write_text(entry + DONE, "")
+            remote.write_text(entry + DONE, "done\n")
             pushed.append(entry)
     return pushed

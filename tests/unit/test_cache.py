@@ -49,3 +49,25 @@ def test_parallel_build_writes_the_same_bytes_as_a_serial_build(smoke_overrides,
     assert a.shape == (len(splits.train), 2, teacher.embed_dim) and np.abs(a).sum() > 0
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)  # 1 thread each side: same reductions
     assert not list(two.glob("*.tmp*"))
+
+
+def test_a_cached_trial_never_builds_its_open_clip_teacher(smoke_overrides, tmp_path):
+    """With every teacher output cached, the trial's (lazy) teacher model is never built;
+    the metrics equal those of the run that built it. Teacher online: it is built."""
+    from vldistill.trainers import loop
+    from vldistill.trainers.teachers import LazyTeacher, load_open_clip
+
+    # vldistill-rn10t-tiny is an open_clip model config: the open_clip path, small enough here.
+    ov = [*smoke_overrides, "teacher=open_clip", "teacher.name=vldistill-rn10t-tiny",
+          "teacher.pretrained=null", "augment.views=2", f"cache_dir={tmp_path / 'cache'}"]
+    first = train(load_train_config(ov), LogReporter(), tmp_path / "a")  # builds every cache
+    loop._MEMO.clear()  # a fresh trial process
+    again = train(load_train_config(ov), LogReporter(), tmp_path / "b")
+    (teacher := next(iter(loop._MEMO.values()))[1])
+    assert isinstance(teacher, LazyTeacher) and not teacher.built
+    assert teacher.key == load_open_clip("vldistill-rn10t-tiny", None).key
+    for key in ("loss", "base_acc", "novel_acc", "shift_acc", "teacher/novel_acc"):
+        assert again[key] == first[key], key
+    loop._MEMO.clear()
+    train(load_train_config([*ov, "teacher_cache=false"]), LogReporter(), tmp_path / "c")
+    assert next(iter(loop._MEMO.values()))[1].built  # online teacher: the model ran

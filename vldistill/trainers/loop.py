@@ -50,7 +50,7 @@ from vldistill.trainers.data.world import World, WorldSpec
 from vldistill.trainers.evaluation import eval_sizes, evaluate, final_metrics, floors, student_cost
 from vldistill.trainers.losses import LOSSES, WeightedLoss
 from vldistill.trainers.students import build_student
-from vldistill.trainers.teachers import Teacher, cache_root, load_teacher
+from vldistill.trainers.teachers import LazyTeacher, Teacher, cache_root, load_teacher
 from vldistill.trainers.text import (build_text_targets, caption_embeddings, check_source,
                                      sentence_bank)
 
@@ -187,7 +187,7 @@ def _lr(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _teacher_metrics(teacher: Teacher, splits: Splits, text, cfg: TrainConfig) -> dict[str, float]:
+def _teacher_metrics(teacher: Teacher | LazyTeacher, splits: Splits, text, cfg: TrainConfig) -> dict[str, float]:
     """The teacher's own numbers on the same sets (the ceiling), cached on disk."""
     blob = json.dumps({"teacher": teacher.key, "root": str(splits.info.root),
                        "data": asdict(cfg.data), "text": text.key, "v": 2}, sort_keys=True)
@@ -203,7 +203,7 @@ def _teacher_metrics(teacher: Teacher, splits: Splits, text, cfg: TrainConfig) -
     return m
 
 
-def _teacher_embeddings(teacher: Teacher, splits: Splits, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+def _teacher_embeddings(teacher: Teacher | LazyTeacher, splits: Splits, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """The teacher's embeddings of the held-out base and novel images (P1's representation
     metrics compare every student with them), cached on disk next to the teacher metrics:
     a trial never runs the teacher over the evaluation sets (with a ViT-B teacher on CPU
@@ -251,7 +251,7 @@ _EVAL_EMB: dict[str, dict] = {}  # the teacher's evaluation-set embeddings, by c
 _FEEDS: dict[str, dict] = {}  # caption / sentence-bank embeddings, keyed like _MEMO plus their config
 
 
-def _feeds(cfg: TrainConfig, splits: Splits, teacher: Teacher, base_key: str) -> dict:
+def _feeds(cfg: TrainConfig, splits: Splits, teacher: Teacher | LazyTeacher, base_key: str) -> dict:
     """Caption embeddings of the training images (``cap``) and the sentence bank (``vld``).
 
     Computed once per data/teacher/config and only for weighted losses: ``captions``
@@ -274,7 +274,7 @@ def _feeds(cfg: TrainConfig, splits: Splits, teacher: Teacher, base_key: str) ->
     return _FEEDS[key]
 
 
-def prepare(cfg: TrainConfig) -> tuple[Splits, Teacher, Any, dict[str, float]]:
+def prepare(cfg: TrainConfig) -> tuple[Splits, Teacher | LazyTeacher, Any, dict[str, float]]:
     """Data splits, frozen teacher, text targets and the static metrics of a trial.
 
     Everything is cached on disk (world, teacher, teacher metrics) and memoised in this
@@ -290,7 +290,8 @@ def prepare(cfg: TrainConfig) -> tuple[Splits, Teacher, Any, dict[str, float]]:
     synthetic = d.train_source == "synthetic"
     splits = build_splits(info, d.image_size, d.train_fraction, d.images_per_class, d.split_seed,
                           d.shift_domains, d.max_eval_per_class, cfg.progress, load_train=not synthetic)
-    teacher = load_teacher(cfg.teacher, world_spec(cfg), cfg.cache_dir, cfg.progress)
+    # Lazy: a trial whose teacher outputs are all cached never builds the teacher model.
+    teacher = load_teacher(cfg.teacher, world_spec(cfg), cfg.cache_dir, cfg.progress, lazy=True)
     text = build_text_targets(teacher, info, cfg.distill.text, cache_root(cfg.cache_dir))
     teacher_m = {f"teacher/{k}": v for k, v in _teacher_metrics(teacher, splits, text, cfg).items()}
     synth_m = {}

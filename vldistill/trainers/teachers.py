@@ -175,20 +175,30 @@ def cache_root(cache_dir: str | None = None) -> Path:
     return Path(root).expanduser().resolve()
 
 
-def load_open_clip(name: str, pretrained: str | None) -> Teacher:
-    """Any open_clip model by name; ``pretrained`` is a tag, a checkpoint file or None."""
+def _open_clip_identity(name: str, pretrained: str | None) -> tuple[str, str | None]:
+    """``(content key, pretrained resolved)`` of an open_clip teacher, without building it.
+
+    The key is the model name plus the weights' identity: the tag, the checkpoint file's
+    SHA-256, or ``random-init-seed0`` (random weights are seeded: the same in every process).
+    """
     if name not in open_clip.list_models():
         known = open_clip.list_models()
         raise ConfigError(f"teacher.name: unknown open_clip model {name!r}; "
                           f"known include: {', '.join(known[:20])}, ... ({len(known)} in all) "
                           "or 'embedded'")
-    key_src = pretrained or "random-init-seed0"  # random weights are seeded: same in every process
+    key_src = pretrained or "random-init-seed0"
     if pretrained and (pretrained.endswith(_CKPT_SUFFIXES) or os.sep in pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise ConfigError(f"teacher.pretrained: checkpoint file not found: {path}")
         key_src = file_sha256(path)
         pretrained = str(path.resolve())
+    return hashlib.sha256(f"{name}|{key_src}".encode()).hexdigest()[:16], pretrained
+
+
+def load_open_clip(name: str, pretrained: str | None) -> Teacher:
+    """Any open_clip model by name; ``pretrained`` is a tag, a checkpoint file or None."""
+    key, pretrained = _open_clip_identity(name, pretrained)
     try:
         fork = torch.random.fork_rng() if not pretrained else _nullcontext()
         with fork:
@@ -201,15 +211,72 @@ def load_open_clip(name: str, pretrained: str | None) -> Teacher:
             raise ConfigError(f"teacher.pretrained: {pretrained} needs pickled code to load and "
                               "is refused (torch.load weights_only=True); save a plain state_dict") from e
         raise ConfigError(f"teacher.pretrained: cannot load {pretrained!r} into {name}: {e}") from e
-    key = hashlib.sha256(f"{name}|{key_src}".encode()).hexdigest()[:16]
     return Teacher(model, name, key)
 
 
+class LazyTeacher:
+    """An open_clip teacher that is built the first time its model is needed.
+
+    A trial that reads every teacher output from the caches (image embeddings of the
+    replayed views, text targets, the teacher's evaluation embeddings and metrics) never
+    runs the teacher: it needs only the teacher's content key (cache keys) and embedding
+    width (the student's head). Building a large CLIP in every trial process costs seconds
+    to tens of seconds (a ViT-L/14 checkpoint is 1.7 GB) and its memory for the whole
+    trial, on the GPU too; this proxy pays that only when something calls the model.
+
+    ``key`` and ``embed_dim`` are known up front; ``to(device)`` is remembered and applied
+    when the model is built; any other attribute builds the :class:`Teacher` and is taken
+    from it. ``built`` says whether that has happened (tests count it).
+    """
+
+    def __init__(self, key: str, embed_dim: int, model_name: str, build):
+        self.key, self.embed_dim, self.model_name = key, embed_dim, model_name
+        self._build, self._teacher, self._device = build, None, None
+
+    @property
+    def built(self) -> bool:
+        return self._teacher is not None
+
+    def materialise(self) -> Teacher:
+        if self._teacher is None:
+            t0 = time.time()
+            teacher = self._build()
+            if teacher.key != self.key or teacher.embed_dim != self.embed_dim:
+                raise RuntimeError(f"teacher {self.model_name}: built key/width {teacher.key}/"
+                                   f"{teacher.embed_dim} differ from the expected {self.key}/{self.embed_dim}")
+            if self._device is not None:
+                teacher.to(self._device)
+            self._teacher = teacher
+            log.info("teacher %s built in %.1f s", self.model_name, time.time() - t0)
+        return self._teacher
+
+    def to(self, device) -> "LazyTeacher":
+        self._device = device
+        if self._teacher is not None:
+            self._teacher.to(device)
+        return self
+
+    def __getattr__(self, name: str):  # only for attributes not set in __init__
+        if name.startswith("__") or name in ("_build", "_teacher", "_device"):
+            raise AttributeError(name)
+        return getattr(self.materialise(), name)
+
+
 def load_teacher(cfg: TeacherConfig, world: WorldSpec, cache_dir: str | None = None,
-                 progress: bool = True) -> Teacher:
-    """Build the configured teacher (training and caching the embedded one if needed)."""
+                 progress: bool = True, lazy: bool = False) -> Teacher | LazyTeacher:
+    """Build the configured teacher (training and caching the embedded one if needed).
+
+    ``lazy=True``: an open_clip teacher whose config states its embedding width comes back
+    as a :class:`LazyTeacher` (built on first use). The embedded teacher is small and is
+    always loaded (or trained) right away.
+    """
     if cfg.name == "embedded":
         return train_embedded(cfg.embedded, world, cache_dir, progress)
+    if lazy:
+        key, _ = _open_clip_identity(cfg.name, cfg.pretrained)
+        width = (open_clip.get_model_config(cfg.name) or {}).get("embed_dim")
+        if isinstance(width, int):
+            return LazyTeacher(key, width, cfg.name, lambda: load_open_clip(cfg.name, cfg.pretrained))
     return load_open_clip(cfg.name, cfg.pretrained)
 
 

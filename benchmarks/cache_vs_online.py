@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-FULL = dict(trials=4, epochs=3, views=3, images_per_class=16, batch_size=48, world_per_class=40,
+FULL = dict(trials=4, epochs=3, views=3, images_per_class=40, batch_size=48, world_per_class=60,
             world_shift_per_class=10, max_eval_per_class=5, rounds=5)
 QUICK = dict(trials=2, epochs=2, views=2, images_per_class=4, batch_size=24, world_per_class=16,
              world_shift_per_class=4, max_eval_per_class=2, rounds=3)

@@ -145,6 +145,8 @@ def sweep_trainable(config: dict[str, Any]) -> None:
                    config.get(PLACEMENT_KEY, "pack"))
         return
     cfg = from_dict(unflatten(plain))
+    # One "Checkpoint successfully created at: <path>" line per trial and epoch is noise.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="vldistill-trial-"))
     try:
         ckpt = tune.get_checkpoint()
@@ -493,6 +495,9 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
     # Epochs without an evaluation report no accuracy; Tune's strict check would kill the
     # sweep at epoch 1. The searcher only reads the metric where it is present.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Every trial checkpoints every epoch (exact resume), so Tune snapshots the experiment at
+    # every checkpoint (num_to_keep=1) and warns about it each time; the snapshot is tiny.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     _init_ray(address, driver_cpu=0.01 if res.workers > 1 else 0.0)
     if res.workers > 1:  # the driver holds a sliver; the TorchTrainer's workers hold the rest
         trainable = tune.with_resources(sweep_trainable, {"cpu": 0.01})

@@ -15,6 +15,11 @@ get mixed up (open_clip's distillation path shares transforms; we do not).
   open_clip config: ``vldistill-rn10t-tiny`` (ResNet, the default) or ``vldistill-vit-tiny``
   (ViT, for the P4 token losses).
 
+:func:`load_teacher` with ``lazy=True`` (what ``trainers.loop.prepare`` asks for) returns an
+open_clip teacher as a :class:`LazyTeacher`: its content key and embedding width are known
+without building it, so a trial that reads every teacher output from the caches never loads
+the model (seconds and gigabytes per trial process for a large CLIP).
+
 With a ViT image tower, :meth:`Teacher.encode_images_with_tokens` also returns per-block
 hidden states and attention maps (``trainers/tokens.py``) for ``attn`` / ``token_nce``;
 :func:`check_token_teacher` refuses a non-ViT teacher for them before anything is built.

@@ -63,7 +63,7 @@ def test_a_cached_trial_never_builds_its_open_clip_teacher(smoke_overrides, tmp_
     first = train(load_train_config(ov), LogReporter(), tmp_path / "a")  # builds every cache
     loop._MEMO.clear()  # a fresh trial process
     again = train(load_train_config(ov), LogReporter(), tmp_path / "b")
-    (teacher := next(iter(loop._MEMO.values()))[1])
+    teacher = next(iter(loop._MEMO.values()))[1]
     assert isinstance(teacher, LazyTeacher) and not teacher.built
     assert teacher.key == load_open_clip("vldistill-rn10t-tiny", None).key
     for key in ("loss", "base_acc", "novel_acc", "shift_acc", "teacher/novel_acc"):
@@ -71,3 +71,28 @@ def test_a_cached_trial_never_builds_its_open_clip_teacher(smoke_overrides, tmp_
     loop._MEMO.clear()
     train(load_train_config([*ov, "teacher_cache=false"]), LogReporter(), tmp_path / "c")
     assert next(iter(loop._MEMO.values()))[1].built  # online teacher: the model ran
+
+
+def test_a_lazy_checkpoint_teacher_hashes_its_file_once_and_loads_its_weights(tmp_path, monkeypatch):
+    """``teacher.pretrained=<file>``: the key is the file's SHA-256, computed once (not again
+    when the model is built: a ViT-L/14 file is 1.7 GB); the built model has the file's weights."""
+    import open_clip
+
+    from vldistill.trainers import teachers
+    from vldistill.trainers.config import TeacherConfig
+    from vldistill.trainers.data.world import WorldSpec
+
+    torch.manual_seed(1)
+    model = open_clip.create_model("vldistill-rn10t-tiny", pretrained=None)
+    ckpt = tmp_path / "teacher.pt"
+    torch.save(model.state_dict(), ckpt)
+    calls = []
+    real = teachers.file_sha256
+    monkeypatch.setattr(teachers, "file_sha256", lambda p: calls.append(p) or real(p))
+    cfg = TeacherConfig(name="vldistill-rn10t-tiny", pretrained=str(ckpt))
+    lazy = teachers.load_teacher(cfg, WorldSpec(), str(tmp_path), progress=False, lazy=True)
+    assert isinstance(lazy, teachers.LazyTeacher) and not lazy.built and len(calls) == 1
+    built = lazy.materialise()
+    assert len(calls) == 1 and built.key == lazy.key
+    for name, value in model.state_dict().items():
+        assert torch.equal(built.model.state_dict()[name], value), name

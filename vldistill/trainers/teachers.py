@@ -203,7 +203,12 @@ def _open_clip_identity(name: str, pretrained: str | None) -> tuple[str, str | N
 
 def load_open_clip(name: str, pretrained: str | None) -> Teacher:
     """Any open_clip model by name; ``pretrained`` is a tag, a checkpoint file or None."""
-    key, pretrained = _open_clip_identity(name, pretrained)
+    return _build_open_clip(name, *_open_clip_identity(name, pretrained))
+
+
+def _build_open_clip(name: str, key: str, pretrained: str | None) -> Teacher:
+    """Build the teacher whose identity :func:`_open_clip_identity` resolved (the checkpoint
+    file is hashed once, there, not again here)."""
     try:
         fork = torch.random.fork_rng() if not pretrained else _nullcontext()
         with fork:
@@ -278,10 +283,10 @@ def load_teacher(cfg: TeacherConfig, world: WorldSpec, cache_dir: str | None = N
     if cfg.name == "embedded":
         return train_embedded(cfg.embedded, world, cache_dir, progress)
     if lazy:
-        key, _ = _open_clip_identity(cfg.name, cfg.pretrained)
+        key, resolved = _open_clip_identity(cfg.name, cfg.pretrained)
         width = (open_clip.get_model_config(cfg.name) or {}).get("embed_dim")
         if isinstance(width, int):
-            return LazyTeacher(key, width, cfg.name, lambda: load_open_clip(cfg.name, cfg.pretrained))
+            return LazyTeacher(key, width, cfg.name, lambda: _build_open_clip(cfg.name, key, resolved))
     return load_open_clip(cfg.name, cfg.pretrained)
 
 

@@ -18,6 +18,7 @@ seed override the base config's constants, so W&B and the rows get every key.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import json
@@ -57,6 +58,77 @@ def _numeric(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
+def link_local_checkpoints() -> None:
+    """Make Ray persist a reported checkpoint by hard links when source and storage are local.
+
+    ``tune.report(checkpoint=...)`` / ``ray.train.report`` copy the checkpoint directory into
+    the trial's storage (``StorageContext.persist_current_checkpoint`` ->
+    ``_pyarrow_fs_copy_files``). Our trials checkpoint every epoch (exact resume), and the
+    default ResNet-18 student's ``last.pt`` is 135 MB (weights + Adam state): the copy cost
+    0.04-0.28 s per epoch on the reference VM (the disk's write-back of 270 MB per epoch),
+    ~3 s of a 30-s trial, the largest per-trial part of the platform's overhead (benchmark
+    (b)). A hard link costs nothing and is safe here because ``trainers.loop.save_checkpoint``
+    never rewrites a file in place: it writes a temporary file and ``os.replace``-s it, so the
+    next epoch's checkpoint is a new inode and the persisted one keeps its bytes.
+
+    Only a call whose *both* filesystems are exactly ``pyarrow.fs.LocalFileSystem`` links
+    (the persist path with local storage; not Ray's excluding artifact syncer, not downloads,
+    not S3/GCS); a link that fails (another device: EXDEV, a filesystem without links) undoes
+    what it linked and falls back to Ray's copy. Idempotent; a Ray without that private
+    function keeps copying (correct, only slower).
+    """
+    try:
+        import pyarrow.fs as pafs
+        import ray.train._internal.storage as rts
+    except ImportError:
+        return
+    copy = getattr(rts, "_pyarrow_fs_copy_files", None)
+    if copy is None or getattr(copy, "_vldistill_links", False):
+        return
+
+    def link_or_copy(source, destination, source_filesystem=None, destination_filesystem=None, **kwargs):
+        if type(source_filesystem) is not pafs.LocalFileSystem or \
+                type(destination_filesystem) is not pafs.LocalFileSystem:
+            return copy(source, destination, source_filesystem=source_filesystem,
+                        destination_filesystem=destination_filesystem, **kwargs)
+        made: list[str] = []
+        try:
+            _link_tree(str(source), str(destination), made)
+        except OSError as e:
+            for path in made:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            log.debug("hard-linking %s -> %s failed (%s); copying", source, destination, e)
+            return copy(source, destination, source_filesystem=source_filesystem,
+                        destination_filesystem=destination_filesystem, **kwargs)
+        return None
+
+    link_or_copy._vldistill_links = True  # type: ignore[attr-defined]
+    rts._pyarrow_fs_copy_files = link_or_copy
+
+
+def _link_tree(source: str, destination: str, made: list[str]) -> None:
+    """Hard-link every file under ``source`` to the same place under ``destination``
+    (a file ``source`` to ``destination`` itself), replacing files already there."""
+    if not os.path.isdir(source):
+        pairs = [(source, destination)]
+    else:
+        pairs = []
+        for root, _dirs, files in os.walk(source):
+            rel = os.path.relpath(root, source)
+            target = destination if rel == "." else os.path.join(destination, rel)
+            os.makedirs(target, exist_ok=True)
+            pairs += [(os.path.join(root, f), os.path.join(target, f)) for f in files]
+    for src, dst in pairs:
+        if os.path.lexists(dst):
+            if os.path.samefile(src, dst):  # already this file: undone on a fallback too,
+                made.append(dst)  # so that a copy never writes a file onto itself
+                continue
+            os.unlink(dst)
+        os.link(src, dst)
+        made.append(dst)
+
+
 def train_fn_per_worker(loop_config: dict) -> None:
     """Ray Train worker: rebuild the typed config from the plain dict, run the loop.
 
@@ -69,6 +141,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
     from vldistill.trainers.loop import train
 
     cfg = from_dict(loop_config["cfg"])
+    link_local_checkpoints()
     nodes = _group_nodes()
     work = Path(tempfile.mkdtemp(prefix="vldistill-worker-"))
     try:
@@ -145,6 +218,7 @@ def sweep_trainable(config: dict[str, Any]) -> None:
                    config.get(PLACEMENT_KEY, "pack"))
         return
     cfg = from_dict(unflatten(plain))
+    link_local_checkpoints()
     # One "Checkpoint successfully created at: <path>" line per trial and epoch is noise.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="vldistill-trial-"))
@@ -339,8 +413,12 @@ def _concurrency(resources, cluster: dict) -> int:
     return max(1, min(limits))
 
 
-def _init_ray(address: str | None, driver_cpu: float = 0.0) -> None:
-    """Join ``address`` / ``$RAY_ADDRESS``, else start a local Ray sized to this machine.
+_QUIET_WARNINGS = "ignore::DeprecationWarning"
+
+
+def _init_ray(address: str | None, driver_cpu: float = 0.0) -> bool:
+    """Join ``address`` / ``$RAY_ADDRESS``, else start a local Ray sized to this machine;
+    True when this call started a local instance (the sweep then shuts it down itself).
 
     Multi-worker trials hold a 0.01-CPU driver beside their workers (Ray rejects 0); the
     local instance gets one extra logical CPU for those drivers so that workers can take
@@ -349,16 +427,23 @@ def _init_ray(address: str | None, driver_cpu: float = 0.0) -> None:
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
     if address:
         log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
-    else:
-        cpus = (os.cpu_count() or 1) + (1 if driver_cpu else 0)
-        log.info("starting a local Ray instance (%d CPUs)", cpus)
-        ray.init(num_cpus=cpus, runtime_env=env, include_dashboard=False, log_to_driver=True)
+        ray.init(address=address, runtime_env={"env_vars": {"PYTHONWARNINGS": _QUIET_WARNINGS}},
+                 log_to_driver=True)
+        return False
+    cpus = (os.cpu_count() or 1) + (1 if driver_cpu else 0)
+    log.info("starting a local Ray instance (%d CPUs)", cpus)
+    # A local instance's workers inherit this process's environment. A runtime_env (even
+    # env_vars only) would make Ray start new workers instead of the ones it prestarts:
+    # the first trial's actor took 0.84 s instead of 0.29 s (docs/benchmarks.md (b)).
+    os.environ.setdefault("PYTHONWARNINGS", _QUIET_WARNINGS)
+    # Not Ray's preload_python_modules (workers importing torch + timm as they start): the
+    # first trial then started 1.8 s later, not earlier (2 cores; docs/benchmarks.md (b)).
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    return True
 
 
 def _wandb_callback(sweep_dir: Path, name: str, enabled: bool) -> list:
@@ -453,16 +538,31 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
             (sweep_dir / "base_config.yaml").write_text(yaml.safe_dump(to_dict(base), sort_keys=False))
         if remote is not None:  # the space and base config are there before any trial
             push_files(remote, sweep_dir, ["search_space.yaml", "base_config.yaml"])
-        _run_tune(space, base, sweep_dir, resume is not None, address, wandb, flatten,
-                  remote.uri if remote is not None else None)
+        started = _run_tune(space, base, sweep_dir, resume is not None, address, wandb, flatten,
+                            remote.uri if remote is not None else None)
         write_csv(sweep_dir)
         _write_summary(sweep_dir, space)
+        # A local Ray this sweep started stops while the report is built (~1 s each, side
+        # by side); a cluster it joined, or a Ray the caller started, is left running.
+        stopping = _stop_ray_in_background() if started else None
         _maybe_report(sweep_dir)
+        if stopping is not None:
+            stopping.join()
         if remote is not None:
             push_files(remote, sweep_dir, [p.name for p in sorted(sweep_dir.iterdir())
                                            if p.name not in (".lock", TUNE_DIR, "train")])
             log.info("results uploaded to %s (local working copy: %s)", remote.uri, sweep_dir)
     return sweep_dir
+
+
+def _stop_ray_in_background():
+    import threading
+
+    import ray
+
+    thread = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+    thread.start()
+    return thread
 
 
 def _open_remote(uri: str, what: str):
@@ -479,7 +579,8 @@ def _open_remote(uri: str, what: str):
 
 
 def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, flatten,
-              remote_uri: str | None = None) -> None:
+              remote_uri: str | None = None) -> bool:
+    """Run (or resume) the Tune experiment; True when it started the local Ray instance."""
     import optuna
     import ray
     from optuna.storages import JournalStorage
@@ -498,7 +599,7 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
     # Every trial checkpoints every epoch (exact resume), so Tune snapshots the experiment at
     # every checkpoint (num_to_keep=1) and warns about it each time; the snapshot is tiny.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    _init_ray(address, driver_cpu=0.01 if res.workers > 1 else 0.0)
+    started = _init_ray(address, driver_cpu=0.01 if res.workers > 1 else 0.0)
     if res.workers > 1:  # the driver holds a sliver; the TorchTrainer's workers hold the rest
         trainable = tune.with_resources(sweep_trainable, {"cpu": 0.01})
     else:
@@ -555,6 +656,7 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
                                       failure_config=tune.FailureConfig(max_failures=2),
                                       verbose=1))
     tuner.fit()
+    return started
 
 
 def _write_summary(sweep_dir: Path, space) -> None:

@@ -50,10 +50,28 @@ def make_callback(sweep_dir: Path, group: str, project: str | None = None):
     from ray import tune
 
     class WandbTrials(tune.Callback):
+        """One W&B run per trial. W&B is a view of the results, not their record (that is
+        ``trials.jsonl``): a W&B call that fails (a full disk, a run id still held by the
+        W&B service of a driver that was killed, a server error online) ends W&B logging for
+        that trial with one warning, and the sweep goes on."""
+
         def __init__(self) -> None:
             self.runs: dict[str, Any] = {}
+            self.broken: set[str] = set()
             self.mode = wandb_mode()
             self.project = project or os.environ.get("WANDB_PROJECT", "vldistill")
+
+        def _guarded(self, trial, what: str, fn) -> None:
+            if trial.trial_id in self.broken:
+                return
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001  (any W&B failure: log it, keep sweeping)
+                self.broken.add(trial.trial_id)
+                self.runs.pop(trial.trial_id, None)
+                log.warning("W&B: %s failed for trial %s (%s: %s); no more W&B logging for this "
+                            "trial -- its results are in trials.jsonl as usual",
+                            what, trial.trial_id, type(e).__name__, str(e)[:300])
 
         def _run(self, trial):
             run = self.runs.get(trial.trial_id)
@@ -69,12 +87,17 @@ def make_callback(sweep_dir: Path, group: str, project: str | None = None):
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             row = numeric(result)
-            self._run(trial).log(row, step=int(row.get("epoch", iteration)))
+            self._guarded(trial, "logging an epoch",
+                          lambda: self._run(trial).log(row, step=int(row.get("epoch", iteration))))
 
         def _finish(self, trial, status: str) -> None:
-            run = self.runs.pop(trial.trial_id, None) or self._run(trial)
-            run.summary["status"] = status
-            run.finish(exit_code=0 if status != "failed" else 1)
+            def finish():
+                run = self.runs.pop(trial.trial_id, None) or self._run(trial)
+                self.runs.pop(trial.trial_id, None)
+                run.summary["status"] = status
+                run.finish(exit_code=0 if status != "failed" else 1)
+
+            self._guarded(trial, "finishing the run", finish)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             from vldistill.platform.searcher import was_stopped_early
@@ -87,10 +110,10 @@ def make_callback(sweep_dir: Path, group: str, project: str | None = None):
             self._finish(trial, "failed")
 
         def __getstate__(self):  # Tune pickles callbacks into the experiment state
-            return {"mode": self.mode, "project": self.project, "runs": {}}
+            return {"mode": self.mode, "project": self.project, "runs": {}, "broken": set()}
 
         def __setstate__(self, state):
-            self.__dict__.update(state)
+            self.__dict__.update({"broken": set(), **state})
 
     (Path(sweep_dir) / "wandb").mkdir(parents=True, exist_ok=True)
     return WandbTrials()

@@ -125,3 +125,26 @@ def test_a_trial_never_runs_the_teacher_over_the_evaluation_sets(smoke_overrides
     assert sum(seen) == cfg.optim.epochs * steps * cfg.optim.batch_size, seen
     for key in ("M_rel", "M_neigh", "M_vlalign", "M_rel/base"):
         assert 0.0 <= m[key] <= 1.0, key
+
+
+def test_the_embedded_teacher_does_not_depend_on_the_global_random_state(tmp_path):
+    """Same content key, same weights: the teacher's init is seeded by its recipe, not by
+    whatever the process drew from torch's global generator before (world writing, another
+    model), and training it leaves that generator as it was."""
+    from vldistill.trainers.config import EmbeddedTeacherConfig, TeacherConfig
+    from vldistill.trainers.data.world import WorldSpec
+    from vldistill.trainers.teachers import load_teacher
+
+    spec = WorldSpec(per_class=4, shift_per_class=2)
+    emb = EmbeddedTeacherConfig(per_class=2, steps=2, batch_size=16, warmup=1)
+    weights = []
+    for i, before in enumerate((0, 12345)):
+        torch.manual_seed(before)
+        torch.rand(1000)  # the caller's own draws
+        state = torch.get_rng_state()
+        t = load_teacher(TeacherConfig(embedded=emb), spec, str(tmp_path / f"cache{i}"), progress=False)
+        assert torch.equal(torch.get_rng_state(), state), "training moved the caller's generator"
+        weights.append(t.model.state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    differ = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
+    assert differ == [], f"{len(differ)} of {len(weights[0])} tensors differ, e.g. {differ[:3]}"

@@ -315,7 +315,8 @@ def check_token_teacher(cfg: TeacherConfig) -> None:
 
 
 def embedded_key(cfg: EmbeddedTeacherConfig, world: WorldSpec) -> str:
-    blob = json.dumps({"v": 2, "teacher": asdict(cfg), "world": world.key()}, sort_keys=True)
+    # v3: the init is seeded by the recipe (v2 teachers depended on the process's RNG state)
+    blob = json.dumps({"v": 3, "teacher": asdict(cfg), "world": world.key()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -350,16 +351,22 @@ def train_embedded(cfg: EmbeddedTeacherConfig, world_spec: WorldSpec,
     key = embedded_key(cfg, world_spec)
     folder = cache_root(cache_dir) / "teachers" / key
     ckpt = folder / "teacher.pt"
-    model = _quiet_create(cfg.model)
-    if ckpt.is_file():
-        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-        log.info("embedded teacher loaded from %s", ckpt)
-        return Teacher(model, cfg.model, key)
-    t0 = time.time()
-    world = World(world_spec)
-    teacher = _fit(model, world, cfg, progress)
-    train_s = time.time() - t0
-    quality = measure_quality(teacher, world, per_class=min(50, world_spec.shift_per_class))
+    # The weights are a function of the recipe and the world alone (the content key says
+    # so): the init is seeded by ``cfg.seed``, not by whatever the process drew from torch's
+    # global generator before (that made two caches hold different teachers under one key),
+    # and the caller's generator is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = _quiet_create(cfg.model)
+        if ckpt.is_file():
+            model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+            log.info("embedded teacher loaded from %s", ckpt)
+            return Teacher(model, cfg.model, key)
+        t0 = time.time()
+        world = World(world_spec)
+        teacher = _fit(model, world, cfg, progress)
+        train_s = time.time() - t0
+        quality = measure_quality(teacher, world, per_class=min(50, world_spec.shift_per_class))
     quality["train_seconds"] = round(train_s, 1)
     quality["recipe"] = asdict(cfg)
     folder.mkdir(parents=True, exist_ok=True)

@@ -127,3 +127,28 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(cli, ray_en
     assert len(ids) == len(set(ids)) == 4, "a finished trial was run (and recorded) twice"
     assert {r["trial_id"] for r in first} <= set(ids)
     assert _signature(lines) == _signature(rows_of(reference))
+
+
+LIFECYCLE = """
+import json, sys
+import ray
+from vldistill.platform.sweep import run_sweep
+out = sys.argv[1]
+run_sweep("smoke", [], out_dir=out + "/own", wandb=False)
+own = ray.is_initialized()
+ray.init(num_cpus=2, include_dashboard=False)  # the caller's own Ray
+run_sweep("smoke", [], out_dir=out + "/callers", wandb=False)
+print(json.dumps({"own_ray_left_running": own, "callers_ray_left_running": ray.is_initialized()}))
+"""
+
+
+def test_a_sweep_stops_the_ray_it_started_and_leaves_the_callers_running(ray_env, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", LIFECYCLE, str(tmp_path)], env=ray_env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+        "own_ray_left_running": False, "callers_ray_left_running": True}
+    for name in ("own", "callers"):
+        rows = rows_of(tmp_path / name)
+        assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
+        assert (tmp_path / name / "report.md").is_file()

@@ -92,8 +92,8 @@ def make_callback(sweep_dir: Path, group: str, project: str | None = None):
 
         def _finish(self, trial, status: str) -> None:
             def finish():
-                run = self.runs.pop(trial.trial_id, None) or self._run(trial)
-                self.runs.pop(trial.trial_id, None)
+                run = self._run(trial)  # a trial that never reported gets its run here
+                del self.runs[trial.trial_id]
                 run.summary["status"] = status
                 run.finish(exit_code=0 if status != "failed" else 1)
 

@@ -11,6 +11,7 @@ Layout of an entry ``<cache>/teacher_cache/<key>/``::
     manifest.txt        the training images, one path per line, relative to the data root
                         (or ``synthetic:<file>`` for P3's generated sets)
     shards/s<i>.npy     float16 [S, K, D]: views 0..K-1 of images [i*S, (i+1)*S)
+    builds/<host>-<pid>.jsonl   one line per shard that builder process finished
     meta.json           written last: its presence means the entry is complete
 
 Shards are the unit of work, of resume and of placement: whoever builds the cache (the
@@ -54,7 +55,7 @@ from vldistill.trainers.data.folder import Splits, load_images
 from vldistill.trainers.data.views import make_views, view_seed
 
 log = logging.getLogger(__name__)
-MANIFEST, META, SHARDS = "manifest.txt", "meta.json", "shards"
+MANIFEST, META, SHARDS, BUILDS = "manifest.txt", "meta.json", "shards", "builds"
 SYNTHETIC = "synthetic:"  # manifest line of a training set that is a tensor file, not images
 
 
@@ -225,9 +226,16 @@ class ShardEncoder:
         if self.plan.uri:
             _remote(self.plan).put(folder / shard_name(shard), f"{SHARDS}/{shard_name(shard)}")
         start, end = self.plan.rows(shard)
-        return {"shard": shard, "images": end - start, "forwards": (end - start) * self.plan.views,
-                "seconds": time.time() - t0, "pid": os.getpid(), "host": socket.gethostname(),
-                "device": str(self.device)}
+        record = {"shard": shard, "images": end - start, "forwards": (end - start) * self.plan.views,
+                  "seconds": time.time() - t0, "pid": os.getpid(), "host": socket.gethostname(),
+                  "device": str(self.device)}
+        # The build log: one file per builder process (no concurrent writers), one line per
+        # shard it finished -- which process built what, and proof that no shard ran twice.
+        log_dir = Path(self.plan.folder) / BUILDS
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / f"{record['host']}-{record['pid']}.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        return record
 
 
 def image_loader(plan: ViewCachePlan, data_root: Path | None, cache_root: Path) -> Callable[[int, int], torch.Tensor]:
@@ -252,6 +260,7 @@ def write_meta(plan: ViewCachePlan, records: Sequence[dict], seconds: float, whe
     meta = {"images": plan.images, "views": plan.views, "dim": plan.dim, "teacher": plan.teacher_key,
             "layout": "shards-fp16", "shard_size": plan.shard_size, "shards": plan.shards,
             "seconds": round(seconds, 2),
+            "forwards": int(sum(r["forwards"] for r in records)),
             "images_per_s": round(sum(r["forwards"] for r in records) / max(seconds, 1e-9), 1),
             **where}
     folder = Path(plan.folder)

@@ -75,8 +75,11 @@ class Teacher(nn.Module):
         key: content key (model name + weights identity) for caches.
     """
 
+    constructed = 0  # Teachers built in this process (a sweep driver's stays 0: tests assert it)
+
     def __init__(self, model: nn.Module, model_name: str, key: str):
         super().__init__()
+        Teacher.constructed += 1
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)

@@ -10,7 +10,6 @@ stderr and that no local Ray instance is started.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -230,7 +229,7 @@ def test_sweep_refuses_asha_rungs_between_evaluations_before_writing(tmp_path, c
 # ----- the real commands, in subprocesses ---------------------------------------------------
 
 
-def _assert_cli_refused(proc, seconds: float, out: Path, expected: list[str]) -> None:
+def _assert_cli_refused(proc, out: Path, expected: list[str]) -> None:
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -238,30 +237,28 @@ def _assert_cli_refused(proc, seconds: float, out: Path, expected: list[str]) ->
         assert text in lines[0], f"{text!r} not in: {lines[0]}"
     assert "local Ray instance" not in proc.stdout + proc.stderr
     assert not out.exists(), f"{out} was written"
-    assert seconds < 90, f"refused only after {seconds:.0f} s"
 
 
 def test_cli_sweep_with_bad_space_exits_2_without_starting_ray(cli, tmp_path):
     space = tmp_path / "bad.yaml"
     space.write_text(SPACE_HEAD.format(metric="novel_acc", param="optim.lrr: {choice: [0.1, 0.2]}"))
     out = tmp_path / "sweep"
-    proc, seconds = cli(["sweep", f"search_space={space}", f"out_dir={out}"], timeout=300)
-    _assert_cli_refused(proc, seconds, out, [str(space), "params.optim.lrr", "valid keys under optim"])
+    proc = cli(["sweep", f"search_space={space}", f"out_dir={out}"], timeout=300)
+    _assert_cli_refused(proc, out, [str(space), "params.optim.lrr", "valid keys under optim"])
 
 
 def test_cli_sweep_with_pickled_checkpoint_exits_2_without_starting_ray(cli, evil_checkpoint, tmp_path):
     path, marker = evil_checkpoint
     out = tmp_path / "sweep"
-    t0 = time.time()
-    proc, seconds = cli(["sweep", "search_space=smoke", f"out_dir={out}", "teacher=open_clip",
+    proc = cli(["sweep", "search_space=smoke", f"out_dir={out}", "teacher=open_clip",
                          "teacher.name=vldistill-vit-tiny", f"teacher.pretrained={path}"], timeout=300)
-    _assert_cli_refused(proc, seconds, out, ["teacher.pretrained", str(path), "weights_only=True"])
-    assert not marker.exists() and time.time() - t0 < 120
+    _assert_cli_refused(proc, out, ["teacher.pretrained", str(path), "weights_only=True"])
+    assert not marker.exists()
 
 
 def test_cli_train_with_missing_checkpoint_exits_2(cli, tmp_path):
     out = tmp_path / "run"
-    proc, seconds = cli(["train", "experiment=smoke", f"out_dir={out}", "teacher=open_clip",
+    proc = cli(["train", "experiment=smoke", f"out_dir={out}", "teacher=open_clip",
                          "teacher.name=vldistill-vit-tiny", "teacher.pretrained=/nonexistent.pt"],
                         timeout=300)
-    _assert_cli_refused(proc, seconds, out, ["teacher.pretrained", "/nonexistent.pt", "not found"])
+    _assert_cli_refused(proc, out, ["teacher.pretrained", "/nonexistent.pt", "not found"])

@@ -90,6 +90,12 @@ OVERRIDE_CASES = [
                   "teacher.pretrained=/nonexistent.pt"],
                  ["teacher.pretrained", "/nonexistent.pt", "not found"], id="missing_teacher_checkpoint"),
     pytest.param(["distill.cls.tau=0"], ["distill.cls.tau", "> 0"], id="zero_temperature"),
+    pytest.param(["data.world.n_compositional=11"], ["data.world.n_compositional", "[0, 10]", "11"],
+                 id="world_out_of_range"),
+    pytest.param(["data.world.semantic_shape=hexagon"], ["data.world.semantic_shape", "'hexagon'", "star"],
+                 id="world_unknown_shape"),
+    pytest.param(["data.world.train_domain=cartoon"], ["data.world.train_domain", "'cartoon'", "photo"],
+                 id="world_unknown_domain"),
 ]
 
 
@@ -179,6 +185,25 @@ def test_sweep_refuses_unknown_metric(tmp_path, capsys, no_ray):
     out = tmp_path / "sweep"
     rc, err = _main(capsys, ["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"])
     _assert_refused(rc, err, out, [str(space), "metric", "novel_accuracy", "known:", "novel_acc"])
+
+
+def test_sweep_refuses_a_search_space_with_a_repeated_key(tmp_path, capsys, no_ray):
+    """``metric:`` twice once launched a whole sweep on the last one, silently."""
+    space = tmp_path / "twice.yaml"
+    space.write_text(SPACE_HEAD.format(metric="novel_acc", param="optim.lr: {choice: [0.001]}")
+                     + "metric: hmean\n")
+    out = tmp_path / "sweep"
+    rc, err = _main(capsys, ["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"])
+    _assert_refused(rc, err, out, [str(space), "line 11", "repeated key 'metric'", "first on line 3"])
+
+
+def test_sweep_refuses_a_repeated_key_inside_params(tmp_path, capsys, no_ray):
+    space = tmp_path / "twice.yaml"
+    space.write_text(SPACE_HEAD.format(metric="novel_acc", param="optim.lr: {choice: [0.001]}\n"
+                                       "  optim.lr: {choice: [0.002]}"))
+    out = tmp_path / "sweep"
+    rc, err = _main(capsys, ["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"])
+    _assert_refused(rc, err, out, [str(space), "line 11", "repeated key 'optim.lr'"])
 
 
 def test_sweep_refuses_unknown_space_name_and_missing_file(tmp_path, capsys, no_ray):

@@ -199,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("vldistill").setLevel(logging.INFO)
     from vldistill.trainers.config import ConfigError
     from vldistill.trainers.data.folder import DataError
-    errors: tuple[type[Exception], ...] = (UsageError, ConfigError, DataError)
+    from vldistill.trainers.strict_files import DuplicateKeyError
+    errors: tuple[type[Exception], ...] = (UsageError, ConfigError, DataError, DuplicateKeyError)
     try:
         if args.verb == "train":
             cmd_train(args.overrides)

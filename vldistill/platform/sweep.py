@@ -487,6 +487,7 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
                                                 validate_search_space)
     from vldistill.trainers.config import from_dict, to_dict
     from vldistill.trainers.storage import is_uri, push_files
+    from vldistill.trainers.strict_files import read_yaml
 
     remote = None
     if resume and is_uri(resume):
@@ -504,7 +505,7 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
             raise SweepError(f"--resume {sweep_dir}: no search_space.yaml there; not a sweep directory")
         _Lock.check_free(sweep_dir)
         space = load_search_space(str(sweep_dir / "search_space.yaml"))
-        base = from_dict(yaml.safe_load((sweep_dir / "base_config.yaml").read_text()))
+        base = from_dict(read_yaml(sweep_dir / "base_config.yaml"))  # refuses repeated keys
     else:
         try:
             space = load_search_space(space_ref or "default")

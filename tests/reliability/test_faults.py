@@ -194,6 +194,48 @@ def test_nan_trial_fails_with_its_reason_and_the_others_complete(cli, tmp_path):
     study = optuna.load_study(study_name="rel_nan", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal"))))
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL"]
+    # a scientific failure beside a finished trial: exit 0, and the last line says so
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "vldistill: sweep finished: 1 of 2 trial(s) failed (1 NonFiniteLossError): a non-finite "
+        "loss is a result, not an error (listed in the report)"), proc.stderr[-1500:]
+
+
+ALL_NAN_SPACE = NAN_SPACE.replace("name: rel_nan", "name: rel_all_nan").replace(
+    "{choice: [0.07, 1.0e-40], baseline: 0.07}", "{choice: [1.0e-40]}")
+TRIAL_CONFIG_ERROR_SPACE = """
+name: rel_trial_config_error
+metric: novel_acc
+mode: max
+sampler: random
+num_samples: 1
+seeds: [0]
+resources: {cpu: 1, gpu: 0, workers: 1}
+overrides: [experiment=smoke]
+params:
+  student.kwargs.bogus_kwarg: {choice: [1]}
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("space_text,reason,named", [
+    pytest.param(ALL_NAN_SPACE, "1 of 1 trial(s) failed (1 NonFiniteLossError): every trial failed",
+                 "loss is nan at epoch 1 step 1", id="every_trial_failed"),
+    # student.kwargs only timm can judge (the pre-launch check builds no model): the trial
+    # fails with a ConfigError, and so does the sweep
+    pytest.param(TRIAL_CONFIG_ERROR_SPACE, "1 of 1 trial(s) failed (1 ConfigError); a configuration error",
+                 "student.kwargs: {'bogus_kwarg': 1} rejected by timm model resnet18", id="config_error"),
+])
+def test_sweep_with_failed_trials_exits_1_naming_why(space_text, reason, named, cli, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(space_text)
+    out = tmp_path / "sweep"
+    proc = cli(["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"], timeout=500)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"vldistill: sweep failed: {reason}") and named in last, last
+    rows = row_lines(out)
+    assert len(rows) == 1 and rows[0]["status"] == "failed" and named in rows[0]["error"], rows
+    assert (out / "report.md").is_file()  # the results are written all the same
 
 
 EVERY_SPACE = """

@@ -1,6 +1,6 @@
 """``vldistill sweep``: a Ray Tune + Optuna sweep over a search space.
 
-Flow (DESIGN.md "The flow of one sweep"):
+Flow (docs/architecture.md, "The flow of one sweep"):
 
 1. load and validate the search space against the composed base config (before Ray);
 2. take the sweep directory's lock, write ``search_space.yaml`` and ``base_config.yaml``;

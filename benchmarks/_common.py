@@ -14,7 +14,9 @@ Runner (used by the benchmarks, also handy by hand)::
         vldistill's sweep (``run_sweep(..., wandb=False)``) with the shared-asset step
         (``prepare_shared``: world, teacher, teacher metrics, teacher cache) timed apart;
     python benchmarks/_common.py loop CONFIGS.json TIMING.json
-        ``trainers.loop.train`` on each flattened trial config, one after another.
+        ``trainers.loop.train`` on each flattened trial config, one after another;
+    python benchmarks/_common.py prepare [overrides...]
+        the shared assets of a base config (``prepare_shared``), before any side is timed.
 """
 
 from __future__ import annotations
@@ -118,6 +120,13 @@ def run_child(args: Sequence[str], log_path: Path, timing_path: Path) -> dict[st
         raise RuntimeError(f"{' '.join(args[:2])} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
     out = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     return {"wall_seconds": wall, **load.summary(), **out, "log": str(log_path)}
+
+
+def prepare_assets(work: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """Write the shared assets (world, teacher, its metrics, teacher cache) of ``overrides``
+    into their ``cache_dir`` in a fresh process, before timing: no side pays for them, and a
+    fresh machine measures what a warm one does (pass a private ``cache_dir=`` in ``overrides``)."""
+    return run_child(["prepare", *overrides], work / "prepare.log", work / "prepare.none")
 
 
 def run_sweep_side(space_yaml: Path, out_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
@@ -261,11 +270,24 @@ def _child_loop(configs_path: str, timing_path: str) -> None:
     Path(timing_path).write_text(json.dumps(timing))
 
 
+def _child_prepare(overrides: list[str]) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vldistill").setLevel(logging.INFO)
+    from vldistill.platform.cli import load_train_config
+    from vldistill.platform.sweep import prepare_shared
+
+    prepare_shared(load_train_config(overrides))
+
+
 if __name__ == "__main__":
     verb, rest = sys.argv[1], sys.argv[2:]
-    if verb == "sweep":
+    if verb == "prepare":
+        _child_prepare(rest)
+    elif verb == "sweep":
         _child_sweep(rest[0], rest[1], rest[2], rest[3:])
     elif verb == "loop":
         _child_loop(rest[0], rest[1])
     else:
-        sys.exit(f"unknown verb {verb!r}: sweep | loop")
+        sys.exit(f"unknown verb {verb!r}: prepare | sweep | loop")

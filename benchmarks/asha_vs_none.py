@@ -50,8 +50,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
     ap.add_argument("--out", default=None, help="raw numbers (JSON); default /tmp/bench-asha_vs_none[-quick].json")
     ap.add_argument("--work", default=None, help="default /tmp/bench-asha_vs_none-<time>")
-    ap.add_argument("--cache-dir", default="/tmp/vlcache-default",
-                    help="holds the embedded world and teacher (trained there on first use, ~4 min)")
+    ap.add_argument("--cache-dir", default=None,
+                    help="holds the embedded world and teacher; default <work>/cache, private to this run "
+                         "(written before timing starts, ~4 min on an empty one)")
     ap.add_argument("--sampler-seed", type=int, default=0)
     for k, v in FULL.items():
         ap.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"default {v} (quick {QUICK[k]})")
@@ -64,7 +65,7 @@ def main() -> int:
     work = Path(a.work or f"/tmp/bench-{tag}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out_json = Path(a.out or f"/tmp/bench-{tag}.json")
     E = a.epochs
-    ov = [f"cache_dir={Path(a.cache_dir).resolve()}", f"optim.epochs={E}", "eval.every=1",
+    ov = [f"cache_dir={Path(a.cache_dir).resolve() if a.cache_dir else work / 'cache'}", f"optim.epochs={E}", "eval.every=1",
           f"data.images_per_class={a.images_per_class}", f"data.max_eval_per_class={a.max_eval_per_class}",
           "eval.latency_iters=5", "progress=false", *a.overrides]
     info = C.machine_info()
@@ -82,6 +83,10 @@ def main() -> int:
                   {"type": "asha", "max_t": E, "grace_period": 1, "reduction_factor": 2})),
               "none": C.write_space(work / "none.yaml", space("none"))}
     runs: dict[str, list[dict]] = {"none": [], "asha": []}
+    # The shared assets (world, teacher, teacher cache) are written before any side is timed,
+    # so neither side pays them and the first side does not warm the cache for the second.
+    print("  preparing the shared assets (not timed) ...", flush=True)
+    C.prepare_assets(work, ov)
     for i, s in enumerate(C.side_order(a.repeats)):
         name = ("none", "asha")[s]
         print(f"  sweep {i + 1}/{2 * a.repeats}: {name} ...", flush=True)

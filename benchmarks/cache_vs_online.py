@@ -15,7 +15,7 @@ In the same invocation, before the sweeps, a separate process times per image, a
 size, tS = one student training step (view rendering + forward + backward + AdamW). The
 ideal speedup of N trials of E epochs over n training images with K cached views is
 
-    N*E*n*(tT + tS) / (K*n*tT + N*E*n*tS)       (DESIGN.md, "What the teacher cache can save")
+    N*E*n*(tT + tS) / (K*n*tT + N*E*n*tS)       (the ideal speed-up: docs/benchmarks.md, (a))
 
 and the acceptance target is measured >= 80% of it. Both sides pay the same fixed costs
 (process + Ray start, actor start, imports, loading the teacher into every trial process,

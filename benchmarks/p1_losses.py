@@ -1,7 +1,7 @@
 """P1's loss ablation on the embedded default, 3 seeds each, as plain `vldistill train` runs.
 
 Runs every (loss combination, seed) as its own process (``--jobs`` at a time, 1 torch
-thread each: two 1-thread trials beat one 2-thread trial on 2 cores, DESIGN.md), then
+thread each: two 1-thread trials beat one 2-thread trial on 2 cores, docs/benchmarks.md), then
 prints a Markdown table of mean +- standard deviation over seeds, and which pairs of
 combinations differ on novel accuracy by more than their spread (max - min over seeds).
 

@@ -64,8 +64,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny trials, to check the script")
     ap.add_argument("--out", default=None, help="raw numbers (JSON); default /tmp/bench-sweep_overhead[-quick].json")
     ap.add_argument("--work", default=None, help="default /tmp/bench-sweep_overhead-<time>")
-    ap.add_argument("--cache-dir", default="/tmp/vlcache-default",
-                    help="holds the embedded world and teacher (trained there on first use, ~4 min)")
+    ap.add_argument("--cache-dir", default=None,
+                    help="holds the embedded world and teacher; default <work>/cache, private to this run "
+                         "(written before timing starts, ~4 min on an empty one)")
     for k, v in FULL.items():
         ap.add_argument("--" + k, type=int, default=None, help=f"default {v} (quick {QUICK[k]})")
     ap.add_argument("--cpu", type=int, default=2,
@@ -79,7 +80,7 @@ def main() -> int:
     tag = "sweep_overhead" + ("-quick" if a.quick else "")
     work = Path(a.work or f"/tmp/bench-{tag}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out_json = Path(a.out or f"/tmp/bench-{tag}.json")
-    ov = [f"cache_dir={Path(a.cache_dir).resolve()}", f"optim.epochs={a.epochs}",
+    ov = [f"cache_dir={Path(a.cache_dir).resolve() if a.cache_dir else work / 'cache'}", f"optim.epochs={a.epochs}",
           f"eval.every={a.epochs}", "progress=false", *a.overrides]
     # Evaluation on 50 images per class (4,500 images instead of 16,200): both sides pay it;
     # smaller, the trial's time is mostly training, as in a long sweep.
@@ -94,6 +95,10 @@ def main() -> int:
              "resources": {"cpu": a.cpu, "gpu": 0, "workers": 1},
              "params": {"optim.lr": {"grid": LRS[:a.trials]}}}
     space_yaml = C.write_space(work / "space.yaml", space)
+    # The shared assets (world, teacher, teacher cache) are written before any side is timed,
+    # so neither side pays them and the first side does not warm the cache for the second.
+    print("  preparing the shared assets (not timed) ...", flush=True)
+    C.prepare_assets(work, ov)
     serial = a.cpu >= 2  # the sweep runs one trial at a time, at the loop's thread count
     # composed here only to hand them to the loop side (always 2 threads, one at a time)
     configs = trial_configs(space, ov, threads=None if serial else 2)

@@ -113,7 +113,8 @@ def test_killed_worker_process_is_recovered_from_the_checkpoint(ddp_sweep, ray_e
         deadline = time.time() + 400
         while not (epochs := _epochs_reported(out)):  # epoch 1 reported: its checkpoint exists
             assert driver.poll() is None, log.read_text()[-3000:]
-            assert time.time() < deadline, "no epoch reported in time:\n" + log.read_text()[-3000:]
+            if time.time() > deadline:  # a hung sweep, not a speed target
+                pytest.fail("no epoch reported:\n" + log.read_text()[-3000:])
             time.sleep(0.05)
         workers = _train_workers(tag)
         assert len(workers) == 2 and max(epochs) < 3, (workers, epochs)

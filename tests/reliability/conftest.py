@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -57,13 +56,11 @@ def ray_env(cache_dir, tmp_path_factory, ray_tmp, session_tag) -> dict[str, str]
 
 @pytest.fixture
 def cli(ray_env):
-    """Run ``vldistill ARGS`` in a fresh process, output captured; returns (proc, seconds)."""
+    """Run ``vldistill ARGS`` in a fresh process, output captured; returns the process."""
 
     def run(args: list[str], timeout: float = 600, env: dict | None = None):
-        t0 = time.time()
-        proc = subprocess.run(vldistill_cmd(args), env=env or ray_env, capture_output=True,
+        return subprocess.run(vldistill_cmd(args), env=env or ray_env, capture_output=True,
                               text=True, timeout=timeout)
-        return proc, time.time() - t0
 
     return run
 
@@ -82,9 +79,12 @@ def reference_sweep(ray_env, reference_space, tmp_path_factory) -> ReferenceSwee
     out = work / "sweep"
     env = {**ray_env, "WANDB_API_KEY": FAKE_WANDB_KEY}
     log = work / "reference.log"
-    t0 = time.time()
-    proc = spawn(["sweep", f"search_space={reference_space}", f"out_dir={out}"], env, log)
-    ref = ReferenceSweep(out, proc, log, 0.0)
+    release = work / "release"
+    # The driver blocks on its first row until ``release`` exists: the sweep is running while
+    # the two intruders are refused, however slowly they start (an event, not a race).
+    proc = spawn(["sweep", f"search_space={reference_space}", f"out_dir={out}"], env, log,
+                 on_first_row=("wait", str(release)))
+    ref = ReferenceSweep(out, proc, log)
     try:
         # Tune has started (the lock is held, the experiment exists): race two more sweeps.
         wait_for(lambda: (out / "tune").is_dir(), 300, 0.1, "the reference sweep to start Tune",
@@ -93,20 +93,19 @@ def reference_sweep(ray_env, reference_space, tmp_path_factory) -> ReferenceSwee
         other = work / "other.yaml"
         other.write_text(OTHER_SPACE)
         intruders = {
-            "fresh": (["sweep", f"search_space={other}", f"out_dir={out}", "--no-wandb"], work / "fresh.log"),
-            "resume": (["sweep", "--resume", str(out), "--no-wandb"], work / "resume.log"),
+            "fresh": ["sweep", f"search_space={other}", f"out_dir={out}", "--no-wandb"],
+            "resume": ["sweep", "--resume", str(out), "--no-wandb"],
         }
-        started = {k: (time.time(), subprocess.Popen(vldistill_cmd(a), env=ray_env, stdout=subprocess.PIPE,
-                                                      stderr=subprocess.PIPE, text=True))
-                   for k, (a, _) in intruders.items()}
-        for key, (t_start, p) in started.items():
+        started = {k: subprocess.Popen(vldistill_cmd(a), env=ray_env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+                   for k, a in intruders.items()}
+        for key, p in started.items():
             stdout, stderr = p.communicate(timeout=300)
             setattr(ref, key, subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
-            setattr(ref, f"{key}_seconds", time.time() - t_start)
         ref.running_when_refused = proc.poll() is None
+        release.touch()
         proc.wait(timeout=480)
     finally:
         if proc.poll() is None:
             proc.kill()
-    ref.seconds = time.time() - t0
     return ref

@@ -99,14 +99,23 @@ def kill_tagged(tag: str, timeout: float = 10.0) -> list[int]:
     return sorted(set(killed))
 
 
-def vldistill_cmd(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "vldistill.platform.cli", *args]
+DRIVER_HOOK = Path(__file__).resolve().parents[1] / "driver_hook.py"
 
 
-def spawn(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+def vldistill_cmd(args: list[str], on_first_row: tuple[str, str] | None = None) -> list[str]:
+    """``vldistill ARGS``; with ``on_first_row=("signal", "SIGKILL")`` or ``("wait", PATH)``
+    the driver runs under ``tests/driver_hook.py`` (an event, not a sleep, times the fault)."""
+    if on_first_row is None:
+        return [sys.executable, "-m", "vldistill.platform.cli", *args]
+    return [sys.executable, str(DRIVER_HOOK), *on_first_row, "--", *args]
+
+
+def spawn(args: list[str], env: dict, log: Path,
+          on_first_row: tuple[str, str] | None = None) -> subprocess.Popen:
     """Start ``vldistill ARGS`` in the background, stdout+stderr to ``log``."""
     fh = open(log, "w")
-    return subprocess.Popen(vldistill_cmd(args), env=env, stdout=fh, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(vldistill_cmd(args, on_first_row), env=env, stdout=fh,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition",
@@ -154,12 +163,9 @@ class ReferenceSweep:
     dir: Path
     proc: subprocess.Popen
     log: Path
-    seconds: float
     # the two sweeps started on the same directory while the reference ran:
     fresh: subprocess.CompletedProcess | None = None  # search_space=<other> out_dir=<same>
     resume: subprocess.CompletedProcess | None = None  # --resume <same>
-    fresh_seconds: float = 0.0
-    resume_seconds: float = 0.0
     running_when_refused: bool = False  # the reference was still running when both returned
     space_before: str = ""  # search_space.yaml when the intruders started
     extra: dict = field(default_factory=dict)

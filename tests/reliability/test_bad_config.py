@@ -10,7 +10,6 @@ stderr and that no local Ray instance is started.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -91,6 +90,12 @@ OVERRIDE_CASES = [
                   "teacher.pretrained=/nonexistent.pt"],
                  ["teacher.pretrained", "/nonexistent.pt", "not found"], id="missing_teacher_checkpoint"),
     pytest.param(["distill.cls.tau=0"], ["distill.cls.tau", "> 0"], id="zero_temperature"),
+    pytest.param(["data.world.n_compositional=11"], ["data.world.n_compositional", "[0, 10]", "11"],
+                 id="world_out_of_range"),
+    pytest.param(["data.world.semantic_shape=hexagon"], ["data.world.semantic_shape", "'hexagon'", "star"],
+                 id="world_unknown_shape"),
+    pytest.param(["data.world.train_domain=cartoon"], ["data.world.train_domain", "'cartoon'", "photo"],
+                 id="world_unknown_domain"),
 ]
 
 
@@ -182,6 +187,25 @@ def test_sweep_refuses_unknown_metric(tmp_path, capsys, no_ray):
     _assert_refused(rc, err, out, [str(space), "metric", "novel_accuracy", "known:", "novel_acc"])
 
 
+def test_sweep_refuses_a_search_space_with_a_repeated_key(tmp_path, capsys, no_ray):
+    """``metric:`` twice once launched a whole sweep on the last one, silently."""
+    space = tmp_path / "twice.yaml"
+    space.write_text(SPACE_HEAD.format(metric="novel_acc", param="optim.lr: {choice: [0.001]}")
+                     + "metric: hmean\n")
+    out = tmp_path / "sweep"
+    rc, err = _main(capsys, ["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"])
+    _assert_refused(rc, err, out, [str(space), "line 11", "repeated key 'metric'", "first on line 3"])
+
+
+def test_sweep_refuses_a_repeated_key_inside_params(tmp_path, capsys, no_ray):
+    space = tmp_path / "twice.yaml"
+    space.write_text(SPACE_HEAD.format(metric="novel_acc", param="optim.lr: {choice: [0.001]}\n"
+                                       "  optim.lr: {choice: [0.002]}"))
+    out = tmp_path / "sweep"
+    rc, err = _main(capsys, ["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"])
+    _assert_refused(rc, err, out, [str(space), "line 11", "repeated key 'optim.lr'"])
+
+
 def test_sweep_refuses_unknown_space_name_and_missing_file(tmp_path, capsys, no_ray):
     out = tmp_path / "sweep"
     rc, err = _main(capsys, ["sweep", "search_space=p1_lossez", f"out_dir={out}", "--no-wandb"])
@@ -230,7 +254,7 @@ def test_sweep_refuses_asha_rungs_between_evaluations_before_writing(tmp_path, c
 # ----- the real commands, in subprocesses ---------------------------------------------------
 
 
-def _assert_cli_refused(proc, seconds: float, out: Path, expected: list[str]) -> None:
+def _assert_cli_refused(proc, out: Path, expected: list[str]) -> None:
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -238,30 +262,111 @@ def _assert_cli_refused(proc, seconds: float, out: Path, expected: list[str]) ->
         assert text in lines[0], f"{text!r} not in: {lines[0]}"
     assert "local Ray instance" not in proc.stdout + proc.stderr
     assert not out.exists(), f"{out} was written"
-    assert seconds < 90, f"refused only after {seconds:.0f} s"
 
 
 def test_cli_sweep_with_bad_space_exits_2_without_starting_ray(cli, tmp_path):
     space = tmp_path / "bad.yaml"
     space.write_text(SPACE_HEAD.format(metric="novel_acc", param="optim.lrr: {choice: [0.1, 0.2]}"))
     out = tmp_path / "sweep"
-    proc, seconds = cli(["sweep", f"search_space={space}", f"out_dir={out}"], timeout=300)
-    _assert_cli_refused(proc, seconds, out, [str(space), "params.optim.lrr", "valid keys under optim"])
+    proc = cli(["sweep", f"search_space={space}", f"out_dir={out}"], timeout=300)
+    _assert_cli_refused(proc, out, [str(space), "params.optim.lrr", "valid keys under optim"])
 
 
 def test_cli_sweep_with_pickled_checkpoint_exits_2_without_starting_ray(cli, evil_checkpoint, tmp_path):
     path, marker = evil_checkpoint
     out = tmp_path / "sweep"
-    t0 = time.time()
-    proc, seconds = cli(["sweep", "search_space=smoke", f"out_dir={out}", "teacher=open_clip",
+    proc = cli(["sweep", "search_space=smoke", f"out_dir={out}", "teacher=open_clip",
                          "teacher.name=vldistill-vit-tiny", f"teacher.pretrained={path}"], timeout=300)
-    _assert_cli_refused(proc, seconds, out, ["teacher.pretrained", str(path), "weights_only=True"])
-    assert not marker.exists() and time.time() - t0 < 120
+    _assert_cli_refused(proc, out, ["teacher.pretrained", str(path), "weights_only=True"])
+    assert not marker.exists()
 
 
 def test_cli_train_with_missing_checkpoint_exits_2(cli, tmp_path):
     out = tmp_path / "run"
-    proc, seconds = cli(["train", "experiment=smoke", f"out_dir={out}", "teacher=open_clip",
+    proc = cli(["train", "experiment=smoke", f"out_dir={out}", "teacher=open_clip",
                          "teacher.name=vldistill-vit-tiny", "teacher.pretrained=/nonexistent.pt"],
                         timeout=300)
-    _assert_cli_refused(proc, seconds, out, ["teacher.pretrained", "/nonexistent.pt", "not found"])
+    _assert_cli_refused(proc, out, ["teacher.pretrained", "/nonexistent.pt", "not found"])
+
+
+# ----- every point of a search space, before Ray starts --------------------------------------
+
+POINT_HEAD = """
+name: rel_points
+metric: novel_acc
+mode: max
+sampler: grid
+num_samples: 4
+seeds: [0]
+overrides: [experiment=smoke{overrides}]
+params:
+"""
+
+# A swept value that the base config refuses, one rule per case: (params, extra overrides,
+# what the one error must name: param, value, rule).
+POINT_CASES = [
+    pytest.param("  distill.weights.attn: {choice: [0.0, 1.0]}\n", "",
+                 ["params.distill.weights.attn", "value 1.0", "student.name", "resnet18", "ViT",
+                  "distill.weights.attn > 0"], id="token_loss_with_cnn_student"),
+    pytest.param("  distill.text.source: {choice: [classname, wikipedia]}\n", "",
+                 ["params.distill.text.source", "value 'wikipedia'", "unknown attribute source",
+                  "descriptions"], id="unknown_attribute_source"),
+    pytest.param("  data.world.n_compositional: {choice: [7, 12]}\n", "",
+                 ["params.data.world.n_compositional", "value 12", "must be in [0, 10]"],
+                 id="world_out_of_range"),
+    pytest.param("  data.world.semantic_colour: {choice: [magenta, purple]}\n", "",
+                 ["params.data.world.semantic_colour", "value 'purple'", "must be one of", "magenta"],
+                 id="world_unknown_colour"),
+    pytest.param("  distill.labels: {choice: [true, false]}\n", "",
+                 ["params.distill.labels", "value False", "label-free", "distill.weights.cls > 0"],
+                 id="label_free_with_a_label_loss"),
+    pytest.param("  distill.labels: {choice: [true, false]}\n  distill.weights.cls: {choice: [0.0, 1.0]}\n",
+                 ", distill=cls_mse, distill.weights.cls=0.0",
+                 ["combination", "params.distill.labels=False", "params.distill.weights.cls=1.0",
+                  "label-free", "reads labels"], id="cross_field_between_two_swept_params"),
+    pytest.param("  data.source: {choice: [world, folder]}\n", "",
+                 ["params.data.source", "value 'folder'", "data.root", "required"], id="folder_without_root"),
+]
+
+
+@pytest.mark.parametrize("params,overrides,expected", POINT_CASES)
+def test_sweep_refuses_a_swept_value_the_base_config_refuses(params, overrides, expected, tmp_path,
+                                                             capsys, no_ray):
+    space = tmp_path / "points.yaml"
+    space.write_text(POINT_HEAD.format(overrides=overrides) + params)
+    out = tmp_path / "sweep"
+    rc, err = _main(capsys, ["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"])
+    _assert_refused(rc, err, out, [str(space), *expected])
+
+
+def test_sweep_reports_every_bad_point_at_once(tmp_path, capsys, no_ray):
+    space = tmp_path / "many.yaml"
+    space.write_text(POINT_HEAD.format(overrides="").replace("sampler: grid", "sampler: random") + (
+        "  distill.text.source: {choice: [classname, wikipedia]}\n"
+        "  data.world.n_compositional: {choice: [7, 12]}\n"
+        "  distill.weights.attn: {choice: [0.0, 1.0]}\n"
+        "  optim.lr: {loguniform: [1.0e-4, 1.0e-2]}\n"))
+    out = tmp_path / "sweep"
+    rc, err = _main(capsys, ["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"])
+    message = _assert_refused(rc, err, out, [str(space), "3 problems found before launch",
+                                             "all 16 combinations"])
+    for text in ("params.distill.text.source: value 'wikipedia'", "params.data.world.n_compositional: value 12",
+                 "params.distill.weights.attn: value 1.0"):
+        assert text in message, f"{text!r} not in: {message}"
+
+
+def test_a_large_space_is_checked_on_a_seeded_sample_and_says_so(tmp_path, capsys, no_ray, monkeypatch):
+    import vldistill.search_spaces.validate as validate
+
+    monkeypatch.setattr(validate, "MAX_POINTS", 6)  # 2 x 2 x 3 = 12 combinations > 6
+    space = tmp_path / "sampled.yaml"
+    space.write_text(POINT_HEAD.format(overrides=", distill=cls_mse, distill.weights.cls=0.0") + (
+        "  distill.labels: {choice: [true, false]}\n"
+        "  distill.weights.cls: {choice: [0.0, 1.0]}\n"
+        "  optim.lr: {choice: [0.001, 0.002, 0.003]}\n"))
+    out = tmp_path / "sweep"
+    rc, err = _main(capsys, ["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"])
+    if rc == 0:  # the sample missed the bad combination: allowed, but then it said what it checked
+        pytest.fail("the bad combination was not in the sample; pick another sampler_seed for the test")
+    message = _assert_refused(rc, err, out, [str(space), "label-free"])
+    assert "a seeded sample (sampler_seed 0) of 6 of the 12 combinations" in message, message

@@ -115,6 +115,25 @@ def test_invalid_classes_json_is_named(dataset, smoke_overrides, tmp_path, capsy
     _assert_refused(rc, err, tmp_path / "run", str(dataset / "classes.json"), "not valid JSON")
 
 
+def test_repeated_key_in_classes_json_is_named(dataset, smoke_overrides, tmp_path, capsys):
+    """A second ``base`` list used to replace the first silently."""
+    (dataset / "classes.json").write_text(
+        '{\n  "base": ["red_square", "blue_circle", "green_star"],\n  "novel": ["yellow_square", "red_circle"],'
+        '\n  "base": ["red_square"]\n}\n')
+    rc, err = _run(capsys, dataset, tmp_path / "run", smoke_overrides)
+    _assert_refused(rc, err, tmp_path / "run", str(dataset / "classes.json"), "line 4",
+                    "repeated key 'base'", "first on line 2")
+
+
+def test_repeated_key_in_attributes_json_is_named(dataset, smoke_overrides, tmp_path, capsys):
+    lines = [f'  "{c}": ["a {c.replace("_", " ")}"]' for c in FOLDER_BASE + FOLDER_NOVEL]
+    lines.append('  "red_circle": ["a round thing"]')
+    (dataset / "attributes.json").write_text("{\n" + ",\n".join(lines) + "\n}\n")
+    rc, err = _run(capsys, dataset, tmp_path / "run", smoke_overrides, "optim.epochs=1")
+    _assert_refused(rc, err, tmp_path / "run", str(dataset / "attributes.json"), "line 7",
+                    "repeated key 'red_circle'", "first on line 6")
+
+
 def test_class_attributes_missing_a_class_is_named(dataset, smoke_overrides, tmp_path, capsys):
     """``classes.json`` ``attributes`` (class -> {attribute: value}, read by the loader and used
     for the attribute-only floors) that leaves out a class."""

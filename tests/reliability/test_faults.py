@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -108,14 +107,14 @@ def killed_driver_sweep(ray_env, reference_space, tmp_path_factory) -> dict:
     out, log = work / "sweep", work / "driver.log"
     env = {**ray_env, TAG_VAR: ray_env[TAG_VAR] + "-driver"}  # this sweep's own Ray processes
     try:
-        driver = spawn(["sweep", f"search_space={reference_space}", f"out_dir={out}"], env, log)
         # W&B is on (the default): after a trial's row is written the driver still finishes
-        # its W&B run before Tune snapshots its state -- the SIGKILL lands in that window.
-        wait_for(lambda: row_lines(out), 300, 0.02, "the first trial row", driver, log)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
+        # its W&B run before Tune snapshots its state. The driver SIGKILLs itself on the log
+        # line that follows the first row: inside that window, every time.
+        driver = spawn(["sweep", f"search_space={reference_space}", f"out_dir={out}"], env, log,
+                       on_first_row=("signal", "SIGKILL"))
+        driver.wait(timeout=400)
+        assert driver.returncode == -signal.SIGKILL, log.read_text()[-3000:]
         before = row_lines(out)
-        time.sleep(1)
         leftovers = kill_tagged(env[TAG_VAR])  # the killed driver's Ray: its agents outlive it
         resumed = subprocess.run([sys.executable, "-m", "vldistill.platform.cli", "sweep", "--resume",
                                   str(out)], env=env, capture_output=True, text=True, timeout=500)
@@ -128,7 +127,7 @@ def killed_driver_sweep(ray_env, reference_space, tmp_path_factory) -> dict:
 @pytest.mark.ray
 def test_killed_driver_sweep_resumes_to_the_uninterrupted_result(killed_driver_sweep, reference_sweep):
     k = killed_driver_sweep
-    assert 1 <= len(k["before"]) < 3, f"{len(k['before'])} rows before the kill"
+    assert len(k["before"]) == 1, f"{len(k['before'])} rows before the kill"
     assert k["resumed"].returncode == 0, k["resumed"].stderr[-3000:]
     assert k["alive_after"] == []
     last = {r["trial_id"]: r for r in row_lines(k["dir"])}
@@ -171,7 +170,7 @@ def test_nan_trial_fails_with_its_reason_and_the_others_complete(cli, tmp_path):
     space = tmp_path / "nan.yaml"
     space.write_text(NAN_SPACE)
     out = tmp_path / "sweep"
-    proc, _ = cli(["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"], timeout=500)
+    proc = cli(["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"], timeout=500)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {r["params"]["distill.cls.tau"]: r for r in row_lines(out)}
     assert sorted(rows) == [NAN_TAU, 0.07]
@@ -195,6 +194,48 @@ def test_nan_trial_fails_with_its_reason_and_the_others_complete(cli, tmp_path):
     study = optuna.load_study(study_name="rel_nan", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal"))))
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL"]
+    # a scientific failure beside a finished trial: exit 0, and the last line says so
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "vldistill: sweep finished: 1 of 2 trial(s) failed (1 NonFiniteLossError): a non-finite "
+        "loss is a result, not an error (listed in the report)"), proc.stderr[-1500:]
+
+
+ALL_NAN_SPACE = NAN_SPACE.replace("name: rel_nan", "name: rel_all_nan").replace(
+    "{choice: [0.07, 1.0e-40], baseline: 0.07}", "{choice: [1.0e-40]}")
+TRIAL_CONFIG_ERROR_SPACE = """
+name: rel_trial_config_error
+metric: novel_acc
+mode: max
+sampler: random
+num_samples: 1
+seeds: [0]
+resources: {cpu: 1, gpu: 0, workers: 1}
+overrides: [experiment=smoke]
+params:
+  student.kwargs.bogus_kwarg: {choice: [1]}
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("space_text,reason,named", [
+    pytest.param(ALL_NAN_SPACE, "1 of 1 trial(s) failed (1 NonFiniteLossError): every trial failed",
+                 "loss is nan at epoch 1 step 1", id="every_trial_failed"),
+    # student.kwargs only timm can judge (the pre-launch check builds no model): the trial
+    # fails with a ConfigError, and so does the sweep
+    pytest.param(TRIAL_CONFIG_ERROR_SPACE, "1 of 1 trial(s) failed (1 ConfigError); a configuration error",
+                 "student.kwargs: {'bogus_kwarg': 1} rejected by timm model resnet18", id="config_error"),
+])
+def test_sweep_with_failed_trials_exits_1_naming_why(space_text, reason, named, cli, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(space_text)
+    out = tmp_path / "sweep"
+    proc = cli(["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"], timeout=500)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"vldistill: sweep failed: {reason}") and named in last, last
+    rows = row_lines(out)
+    assert len(rows) == 1 and rows[0]["status"] == "failed" and named in rows[0]["error"], rows
+    assert (out / "report.md").is_file()  # the results are written all the same
 
 
 EVERY_SPACE = """
@@ -217,7 +258,7 @@ def test_epochs_without_evaluation_do_not_crash_the_sweep(cli, tmp_path):
     space = tmp_path / "every.yaml"
     space.write_text(EVERY_SPACE)
     out = tmp_path / "sweep"
-    proc, _ = cli(["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"], timeout=400)
+    proc = cli(["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"], timeout=400)
     assert proc.returncode == 0, proc.stderr[-1500:]
     rows = row_lines(out)
     assert len(rows) == 1 and rows[0]["status"] == "completed" and rows[0]["epochs"] == 2
@@ -274,14 +315,12 @@ def test_crash_during_checkpoint_write_resumes_from_the_previous_epoch(smoke_ove
 def test_second_sweep_on_a_running_sweeps_directory_is_refused_and_the_first_is_intact(reference_sweep):
     ref = reference_sweep
     assert ref.running_when_refused, "the reference sweep ended before the second sweeps were refused"
-    for name, proc, seconds in (("fresh", ref.fresh, ref.fresh_seconds),
-                                ("resume", ref.resume, ref.resume_seconds)):
+    for name, proc in (("fresh", ref.fresh), ("resume", ref.resume)):
         assert proc.returncode == 2, f"{name}: {proc.stderr[-3000:]}"
         errors = error_lines(proc.stderr)
         assert len(errors) == 1 and "Traceback" not in proc.stderr, f"{name}: {proc.stderr[-3000:]}"
         assert str(ref.dir) in errors[0], f"{name}: {errors[0]}"
         assert "local Ray instance" not in proc.stderr + proc.stdout, f"{name} started Ray"
-        assert seconds < 120, f"{name} took {seconds:.0f} s to be refused"
     # --resume of a running sweep: refused by the lock, naming the running driver
     assert "in use by a running sweep" in ref.resume.stderr
     assert f"pid {ref.proc.pid} on" in ref.resume.stderr

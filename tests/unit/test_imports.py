@@ -1,4 +1,4 @@
-"""The science never imports Ray (DESIGN.md: Ray lives under platform/ only)."""
+"""The science never imports Ray (docs/architecture.md: Ray lives under platform/ only)."""
 
 import subprocess
 import sys

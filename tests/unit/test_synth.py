@@ -8,7 +8,6 @@ tower is a real open_clip transformer, which is all the prompt strategies need.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import fields, replace
 
 import pytest
@@ -177,9 +176,7 @@ def test_diversity_hand_values(teacher):
 
 def test_synthesize_caches_and_returns_identical_tensors(teacher, tmp_path):
     cfg = replace(FAST, strategy="mix")
-    t0 = time.perf_counter()
     images, labels, meta = S.synthesize(teacher, NAMES, cfg, tmp_path, progress=False)
-    first = time.perf_counter() - t0
     assert images.shape == (8, 3, 16, 16) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64 and labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert not meta["from_cache"] and 0 <= meta["zero_shot_acc"] <= 1
@@ -190,9 +187,8 @@ def test_synthesize_caches_and_returns_identical_tensors(teacher, tmp_path):
     assert path.is_file() and (path.parent / "meta.json").is_file()
     assert sorted(p.name for p in path.parent.iterdir()) == [".lock", "data.pt", "meta.json"]  # no tmp
     mtime = path.stat().st_mtime_ns
-    t0 = time.perf_counter()
     again_images, again_labels, again = S.synthesize(teacher, NAMES, cfg, tmp_path, progress=False)
-    assert again["from_cache"] and time.perf_counter() - t0 < first / 3
+    assert again["from_cache"]
     assert torch.equal(again_images, images) and torch.equal(again_labels, labels)
     assert path.stat().st_mtime_ns == mtime  # not rewritten
     assert again["diversity"] == meta["diversity"]

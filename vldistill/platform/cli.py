@@ -172,6 +172,43 @@ def cmd_sweep(tokens: Sequence[str], resume: str | None, address: str | None, wa
     return run_sweep(space, overrides, out, resume=resume, address=address, wandb=wandb)
 
 
+# Trials that fail with one of these failed on their configuration or data (the pre-launch
+# check could not see it, e.g. student.kwargs that only timm refuses): the sweep failed.
+CONFIG_ERRORS = ("ConfigError", "DataError", "DuplicateKeyError", "SearchSpaceError", "UsageError")
+
+
+def _reason(error: str | None) -> str:
+    """The exception type of a failed row's error line (``RayTaskError(ConfigError): ...``)."""
+    names = re.findall(r"([A-Za-z_]\w*(?:Error|Exception))", error or "")
+    config = [n for n in names if n in CONFIG_ERRORS]
+    other = [n for n in names if not n.startswith(("Ray", "Tune"))]
+    return (config or other or names or ["unknown error"])[0]
+
+
+def sweep_outcome(rows: list[dict]) -> tuple[int, str]:
+    """The sweep's exit code and its last line, from its trial rows.
+
+    1 when a trial failed with a configuration error or when every trial failed; 0 when
+    none failed, or when the failures are results (a non-finite loss) beside finished trials.
+    """
+    failed = [r for r in rows if r["status"] == "failed"]
+    if not failed:
+        return 0, f"sweep finished: {len(rows)} trial(s), none failed"
+    counts: dict[str, int] = {}
+    for r in failed:
+        counts[_reason(r["error"])] = counts.get(_reason(r["error"]), 0) + 1
+    why = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
+    head = f"{len(failed)} of {len(rows)} trial(s) failed ({why})"
+    config = [r for r in failed if _reason(r["error"]) in CONFIG_ERRORS]
+    if config:
+        return 1, f"sweep failed: {head}; a configuration error, e.g. trial {config[0]['trial_id']}: {config[0]['error']}"
+    if len(failed) == len(rows):
+        return 1, f"sweep failed: {head}: every trial failed, e.g. trial {failed[0]['trial_id']}: {failed[0]['error']}"
+    if set(counts) == {"NonFiniteLossError"}:
+        return 0, f"sweep finished: {head}: a non-finite loss is a result, not an error (listed in the report)"
+    return 0, f"sweep finished: {head}; the report and trials.jsonl say why"
+
+
 def cmd_report(sweep_dir: str, out_dir: str | None, wandb: bool) -> int:
     from vldistill.platform.report import report_main
 
@@ -199,14 +236,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("vldistill").setLevel(logging.INFO)
     from vldistill.trainers.config import ConfigError
     from vldistill.trainers.data.folder import DataError
-    errors: tuple[type[Exception], ...] = (UsageError, ConfigError, DataError)
+    from vldistill.trainers.strict_files import DuplicateKeyError
+    errors: tuple[type[Exception], ...] = (UsageError, ConfigError, DataError, DuplicateKeyError)
     try:
         if args.verb == "train":
             cmd_train(args.overrides)
         elif args.verb == "sweep":
             from vldistill.platform.sweep import SweepError
             errors += (SweepError,)
-            cmd_sweep(args.tokens, args.resume, args.address, not args.no_wandb)
+            sweep_dir = cmd_sweep(args.tokens, args.resume, args.address, not args.no_wandb)
+            from vldistill.platform.sweep import read_rows
+            code, line = sweep_outcome(read_rows(sweep_dir))
+            print(f"vldistill: {line}", file=sys.stderr)
+            return code
         elif args.verb == "report":
             return cmd_report(args.sweep_dir, args.out, args.wandb)
     except errors as e:

@@ -32,6 +32,7 @@ import yaml
 from vldistill.platform import report_html as rh
 from vldistill.platform import report_stats as rs
 from vldistill.platform.report_html import Section, Table, fcost, fdelta, fiv, fnum
+from vldistill.trainers.strict_files import DuplicateKeyError, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,9 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     if not (d / "search_space.yaml").is_file():
         raise ReportError(f"{d}: no search_space.yaml (is this a sweep directory?)")
     try:
-        space = yaml.safe_load((d / "search_space.yaml").read_text()) or {}
+        space = read_yaml(d / "search_space.yaml") or {}
+    except DuplicateKeyError as e:
+        raise ReportError(str(e)) from None
     except yaml.YAMLError as e:
         raise ReportError(f"{d / 'search_space.yaml'}: {e}") from None
     rows, notes = read_trials(d / "trials.jsonl")

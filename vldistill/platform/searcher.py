@@ -1,6 +1,6 @@
 """Optuna searcher that runs every sampled configuration once per seed, and records
 trials stopped early by the scheduler as PRUNED (Ray's default tells Optuna COMPLETE,
-which makes TPE learn from 1-epoch values as if they were final; DESIGN.md).
+which makes TPE learn from 1-epoch values as if they were final; docs/architecture.md).
 
 One Optuna trial = one configuration = ``len(seeds)`` Tune trials. The Optuna trial is
 told its outcome once all its seeds have finished:

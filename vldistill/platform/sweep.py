@@ -1,6 +1,6 @@
 """``vldistill sweep``: a Ray Tune + Optuna sweep over a search space.
 
-Flow (DESIGN.md "The flow of one sweep"):
+Flow (docs/architecture.md, "The flow of one sweep"):
 
 1. load and validate the search space against the composed base config (before Ray);
 2. join Ray (or start a local instance) and build what every trial shares, once, as Ray
@@ -509,6 +509,7 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
                                                 validate_search_space)
     from vldistill.trainers.config import from_dict, to_dict
     from vldistill.trainers.storage import is_uri, push_files
+    from vldistill.trainers.strict_files import read_yaml
 
     remote = None
     overrides, teacher_res = _split_teacher_resources(overrides)
@@ -527,7 +528,7 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
             raise SweepError(f"--resume {sweep_dir}: no search_space.yaml there; not a sweep directory")
         _Lock.check_free(sweep_dir)
         space = load_search_space(str(sweep_dir / "search_space.yaml"))
-        base = from_dict(yaml.safe_load((sweep_dir / "base_config.yaml").read_text()))
+        base = from_dict(read_yaml(sweep_dir / "base_config.yaml"))  # refuses repeated keys
     else:
         try:
             space = load_search_space(space_ref or "default")

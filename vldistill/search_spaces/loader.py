@@ -39,6 +39,7 @@ from vldistill.search_spaces.spec import (CATEGORICAL_KINDS, KINDS, MODES, SAMPL
 from vldistill.search_spaces.suggest import (apply_params, decode_params, define_by_run,
                                              grid_points, grid_sampler)
 from vldistill.search_spaces.validate import check_conditions, validate_search_space
+from vldistill.trainers.strict_files import DuplicateKeyError, read_yaml
 
 SHIPPED_DIR = Path(__file__).resolve().parent
 
@@ -363,7 +364,9 @@ def load_search_space(name_or_path: str) -> SearchSpace:
         raise SearchSpaceError(f"{path}: search space file not found")
     path = path.resolve()
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path)
+    except DuplicateKeyError as e:
+        raise SearchSpaceError(str(e)) from None
     except yaml.YAMLError as e:
         raise SearchSpaceError(f"{path}: not valid YAML: {e}") from None
     return search_space_from_dict(data, source=str(path), default_name=path.stem)

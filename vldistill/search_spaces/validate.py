@@ -1,14 +1,17 @@
-"""Check a search space against the typed config before anything is launched.
+"""Check every point of a search space against the typed config before anything is launched.
 
-A sweep should fail in its first second, not in its fortieth trial: every parameter key must
+A sweep should fail in its first second, not in its fortieth trial. Every parameter key must
 be a path of ``TrainConfig`` (walked field by field; a ``dict[str, X]`` field such as
-``distill.weights`` accepts any sub-key with values of type ``X``), and every value a trial
-can set must compose into a config that ``config.from_dict`` accepts and whose registry
-names (losses, timm students, open_clip teachers) exist. Combinations of categorical values
-are checked too when there are few enough (e.g. every loss weight at 0 at once).
+``distill.weights`` accepts any sub-key with values of type ``X``). Every value a trial can
+set is then checked in combination with the base config -- ``config.from_dict`` (types,
+ranges, the world's recipe) and ``trainers/checks.check_config`` (registry names, loss /
+student / teacher / data compatibility, files): first each value alone, then the
+combinations of all parameters' values (choices, numeric bounds and baselines; inactive
+``when`` params left out), all of them up to :data:`MAX_POINTS`, else a seeded sample of
+that many (the message says which). Every problem found is reported at once (up to
+:data:`MAX_PROBLEMS`), each naming the parameter(s), the value(s) and the rule.
 
-torch, timm and open_clip are imported lazily, only when a parameter needs their registry;
-ray is never imported.
+torch, timm and open_clip are imported lazily, by the registry checks; ray is never imported.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import itertools
 import json
 import logging
 import math
+import random
 import types
 import typing
 from typing import Any
@@ -33,7 +37,8 @@ RESERVED = {
     "out_dir": "the sweep sets every trial's out_dir",
     "cache_dir": "the sweep shares one cache_dir between trials",
 }
-MAX_COMBINATIONS = 4096  # above this many categorical combinations only single values are checked
+MAX_POINTS = 10_000  # combinations checked exhaustively up to this many, else a seeded sample this size
+MAX_PROBLEMS = 20  # problems listed in one error (the rest are counted)
 
 
 def check_conditions(params: dict[str, ParamSpec], source: str) -> None:
@@ -118,23 +123,24 @@ def _yaml_hint(value: Any) -> str:
     return ""
 
 
-def _check_config(base_config: dict, assignment: dict[str, Any], what: str) -> None:
+def _point_problem(base_config: dict, assignment: dict[str, Any]) -> str | None:
+    """The rule that ``assignment`` (dotted key -> value) breaks on top of ``base_config``."""
+    from vldistill.trainers.checks import check_config
     from vldistill.trainers.config import ConfigError, from_dict
 
     cfg = copy.deepcopy(base_config)
     try:
         for k, v in assignment.items():
             set_dotted(cfg, k, copy.deepcopy(v))
-        from_dict(cfg)
+        check_config(from_dict(cfg))
     except (ConfigError, ValueError) as e:
-        hint = "".join(_yaml_hint(v) for v in assignment.values())
-        raise SearchSpaceError(f"{what} gives an invalid config: {e}{hint}") from None
+        return f"{e}{''.join(_yaml_hint(v) for v in assignment.values())}"
+    return None
 
 
-def _check_registries(p: ParamSpec, where: str) -> None:
-    """Names that must exist in a registry: losses, timm students, open_clip teachers."""
+def _check_loss_names(p: ParamSpec, where: str) -> None:
+    """Swept loss names exist (other names are checked per value, by ``check_config``)."""
     parts = p.key.split(".")
-    names: list[str] = []
     if parts[:2] == ["distill", "weights"]:
         if len(parts) == 3:
             names = [parts[2]]
@@ -147,50 +153,66 @@ def _check_registries(p: ParamSpec, where: str) -> None:
                 if n not in LOSSES:
                     raise SearchSpaceError(f"{where}: unknown loss {n!r}; known losses: "
                                            f"{', '.join(sorted(LOSSES))}")
-    elif p.key == "student.name" and p.categorical:
-        from vldistill.trainers.config import ConfigError
-        from vldistill.trainers.students import check_student_name
-
-        for v in p.values:
-            try:
-                check_student_name(v)
-            except ConfigError as e:
-                raise SearchSpaceError(f"{where}: value {v!r}: {e}") from None
-    elif p.key == "teacher.name" and p.categorical:
-        import open_clip
-
-        known = set(open_clip.list_models())
-        for v in p.values:
-            if v != "embedded" and v not in known:
-                raise SearchSpaceError(f"{where}: unknown teacher {v!r}; use 'embedded' or one "
-                                       "of open_clip.list_models()")
 
 
-def _check_combinations(space: SearchSpace, base_config: dict, src: str) -> None:
-    """Every distinct combination of categorical values (respecting ``when``) is valid."""
-    cat = [p for p in space.params.values() if p.categorical]
-    n = math.prod(len(p.values) for p in cat)
-    if len(cat) < 2 or n > MAX_COMBINATIONS:
-        if len(cat) >= 2:
-            log.debug("%s: %d combinations, checking single values only", src, n)
-        return
-    seen = set()
-    for combo in itertools.product(*(p.values for p in cat)):
+def _check_param(space: SearchSpace, key: str, base_config: dict) -> tuple[str | None, dict]:
+    """One parameter: the problem of its path or names (or None), then the problems of its
+    values alone (with the values its ``when`` conditions require), by value (JSON)."""
+    p, where = space.params[key], f"{space.source or space.name}: params.{key}"
+    try:
+        if key in RESERVED:
+            raise SearchSpaceError(f"{where}: cannot be swept: {RESERVED[key]}")
+        _check_path(key, where)
+        _check_loss_names(p, where)
+    except SearchSpaceError as e:
+        return str(e), {}
+    fixed = _ancestors(space.params, key)
+    bad = {}
+    for value in p.check_values():
+        rule = _point_problem(base_config, {**fixed, key: value})
+        if rule:
+            bad[json.dumps([key, value], default=str)] = f"{where}: value {value!r}: {rule}"
+    return None, bad
+
+
+def _points(params: list[ParamSpec], seed: int) -> tuple[list[tuple], str]:
+    """Value combinations of ``params`` to check, and which ones they are (all, or a sample)."""
+    values = [p.check_values() for p in params]
+    n = math.prod(len(v) for v in values)
+    if n <= MAX_POINTS:
+        return list(itertools.product(*values)), f"all {n} combinations of their values"
+    rng = random.Random(seed)
+    sample = [tuple(rng.choice(v) for v in values) for _ in range(MAX_POINTS)]
+    return sample, (f"a seeded sample (sampler_seed {seed}) of {MAX_POINTS} of the {n} "
+                    "combinations of their values")
+
+
+def _check_combinations(space: SearchSpace, base_config: dict, params: list[ParamSpec],
+                        bad_alone: set[str]) -> tuple[list[str], str]:
+    """Problems that only combinations show (e.g. a token loss with a CNN student); one line
+    per distinct rule, naming the first combination that breaks it."""
+    src = space.source or space.name
+    points, which = _points(params, space.sampler_seed)
+    seen, rules = set(), {}
+    for combo in points:
         chosen: dict[str, Any] = {}
-        for p, v in zip(cat, combo):
+        for p, v in zip(params, combo):
             if p.is_active(chosen):
                 chosen[p.key] = v
-        sig = json.dumps(list(chosen.items()))
-        if sig in seen:
+        sig = json.dumps(list(chosen.items()), default=str)
+        if sig in seen or any(json.dumps([k, v], default=str) in bad_alone for k, v in chosen.items()):
             continue
         seen.add(sig)
-        _check_config(base_config, chosen,
-                      f"{src}: params combination {chosen!r} (exclude it with `when` or change "
-                      "the choices)")
+        rule = _point_problem(base_config, chosen)
+        if rule and rule not in rules:
+            shown = ", ".join(f"params.{k}={v!r}" for k, v in chosen.items())
+            rules[rule] = (f"{src}: combination {shown}: {rule} (change the choices or exclude "
+                           "the combination with `when`)")
+    return list(rules.values()), which
 
 
 def validate_search_space(space: SearchSpace, base_config: dict) -> None:
-    """Check every param path, value, registry name and condition against the typed config.
+    """Check every param path, value, registry name, condition and combination of values.
 
     Args:
         space: A loaded search space.
@@ -198,7 +220,8 @@ def validate_search_space(space: SearchSpace, base_config: dict) -> None:
             ``vldistill.trainers.config.to_dict`` returns), composed with ``space.overrides``.
 
     Raises:
-        SearchSpaceError: naming the file, the param key and the offending value.
+        SearchSpaceError: one line per problem (up to :data:`MAX_PROBLEMS`), each naming the
+            file, the param key(s), the offending value(s) and the rule.
     """
     from vldistill.trainers.config import ConfigError, from_dict
 
@@ -209,17 +232,31 @@ def validate_search_space(space: SearchSpace, base_config: dict) -> None:
         raise SearchSpaceError(f"{src}: the base config (overrides {list(space.overrides)}) is "
                                f"invalid: {e}") from None
     check_conditions(space.params, src)
+    problems: list[str] = []
+    clean, bad_alone = [], set()
     for key, p in space.params.items():
-        where = f"{src}: params.{key}"
-        if key in RESERVED:
-            raise SearchSpaceError(f"{where}: cannot be swept: {RESERVED[key]}")
-        _check_path(key, where)
-        _check_registries(p, where)
-        fixed = _ancestors(space.params, key)
-        for value in p.check_values():
-            _check_config(base_config, {**fixed, key: value}, f"{where}: value {value!r}")
-    _check_combinations(space, base_config, src)
+        wrong, bad = _check_param(space, key, base_config)
+        problems += [wrong] if wrong else list(bad.values())
+        if not wrong:  # a param whose path or name is wrong has no values to combine
+            clean.append(p)
+            bad_alone |= set(bad)
+    which = "no combinations (one param)"
+    if len(clean) >= 2:
+        combos, which = _check_combinations(space, base_config, clean, bad_alone)
+        problems += combos
+    if problems:
+        _raise_all(src, problems, which)
+    log.info("%s: search space checked before launch: every value of every param alone, and %s", src, which)
     _check_budget(space, base_config, src)
+
+
+def _raise_all(src: str, problems: list[str], which: str) -> None:
+    if len(problems) == 1:
+        raise SearchSpaceError(problems[0] + (f"; checked: {which}" if "combination" in which else ""))
+    shown = problems[:MAX_PROBLEMS]
+    more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+    raise SearchSpaceError(f"{src}: {len(problems)} problems found before launch (checked every "
+                           f"value of every param alone, and {which}):\n  - " + "\n  - ".join(shown) + more)
 
 
 def _check_budget(space: SearchSpace, base_config: dict, src: str) -> None:

@@ -389,6 +389,10 @@ def validate(cfg: TrainConfig) -> None:
            f"must be 'world' or 'folder', got {cfg.data.source!r}")
     _check(cfg.data.source == "world" or cfg.data.root is not None, "data.root",
            "required when data.source is 'folder'")
+    if cfg.data.source == "world":
+        from vldistill.trainers.data.world import world_problems  # numpy, no torch
+        for key, rule in world_problems(cfg.data.world)[:1]:
+            _check(False, key, rule)
     _check(0 < cfg.data.train_fraction < 1, "data.train_fraction", "must be in (0, 1)")
     _check(cfg.data.images_per_class >= 0, "data.images_per_class", "must be >= 0")
     _check(cfg.data.image_size >= 8, "data.image_size", "must be >= 8")

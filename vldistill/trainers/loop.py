@@ -44,29 +44,18 @@ import torch
 from vldistill.trainers.assets import (_EVAL_EMB, _FEEDS, _MEMO, _teacher_embeddings,  # noqa: F401
                                        cache_uri, needs_view_cache, prepare, resolve_dataset,
                                        view_cache, with_local_cache, world_spec)
+from vldistill.trainers.checks import check_config
 from vldistill.trainers.config import ConfigError, TrainConfig
 from vldistill.trainers.data.folder import UnlabelledImages
 from vldistill.trainers.data.views import make_views, view_seed
 from vldistill.trainers.evaluation import evaluate, final_metrics, student_cost
-from vldistill.trainers.losses import LOSSES, WeightedLoss
+from vldistill.trainers.losses import WeightedLoss
 from vldistill.trainers.students import build_student
-from vldistill.trainers.text import check_source
 
 log = logging.getLogger(__name__)
 CKPT_NAME = "last.pt"
-# Losses whose inputs the loop provides (student embed, teacher image embed, class and
-# vocabulary text, captions, the sentence bank, ViT token grids and attention maps).
-FED_LOSSES = frozenset({"cls", "mse", "im_cst", "vlprox", "cap", "vld", "pvld", "udist", "attn",
-                        "token_nce"})
 # Config keys of a loss group that the loop consumes (not constructor arguments).
 LOOP_KEYS = {"vld": ("sentences_file", "bank_size", "bank_seed")}
-
-
-def label_losses(cfg: TrainConfig) -> list[str]:
-    """Weighted losses that read ``batch["label"]`` (cls; vlprox with its teacher filter)."""
-    d = cfg.distill
-    reads = {"cls": True, "vlprox": d.vlprox.filter}
-    return [n for n, w in d.weights.items() if w > 0 and reads.get(n, False)]
 
 
 class Reporter(Protocol):
@@ -94,51 +83,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def check_registries(cfg: TrainConfig) -> None:
     """Names and files the config points at exist (cheap; runs before anything is written)."""
-    import open_clip
-
-    from vldistill.trainers.students import TOKEN_LOSSES, check_student_name, check_token_student
-    from vldistill.trainers.teachers import check_token_teacher
-    for name, weight in cfg.distill.weights.items():
-        if name not in LOSSES:
-            raise ConfigError(f"distill.weights.{name}: unknown loss; known: {', '.join(sorted(LOSSES))}")
-        if weight > 0 and name not in FED_LOSSES:
-            raise ConfigError(f"distill.weights.{name}: the loss is registered but this training loop "
-                              f"does not feed its inputs yet; usable now: {', '.join(sorted(FED_LOSSES))}")
-    if not cfg.distill.labels and label_losses(cfg):
-        bad = label_losses(cfg)
-        raise ConfigError(f"distill.labels=false (label-free training) but distill.weights.{bad[0]} > 0 "
-                          f"and loss {bad[0]!r} reads labels"
-                          + (" (vlprox filters on the label: set distill.vlprox.filter=false)"
-                             if bad[0] == "vlprox" else "") + "; set its weight to 0")
-    check_source(cfg.distill.text.source)
-    check_student_name(cfg.student.name)
-    check_token_student(cfg)
-    if any(cfg.distill.weights.get(n, 0.0) > 0 for n in TOKEN_LOSSES):
-        check_token_teacher(cfg.teacher)
-        if cfg.compile:  # the taps are Python hooks toggled per step; dynamo would guard on them
-            raise ConfigError("compile: torch.compile is not supported with distill.weights.attn/token_nce > 0")
-    if cfg.data.train_source == "synthetic" and cfg.distill.weights.get("cap", 0) > 0:
-        raise ConfigError("distill.weights.cap > 0 needs a caption per training image; synthetic "
-                          "training images (data.train_source=synthetic) have none")
-    t = cfg.teacher
-    if t.name != "embedded" and t.name not in open_clip.list_models():
-        raise ConfigError(f"teacher.name: unknown open_clip model {t.name!r}; use 'embedded' or one of "
-                          "open_clip.list_models()")
-    if t.pretrained and (os.sep in t.pretrained or t.pretrained.endswith((".pt", ".pth", ".bin",
-                                                                            ".safetensors"))):
-        if not Path(t.pretrained).expanduser().is_file():
-            raise ConfigError(f"teacher.pretrained: checkpoint file not found: {t.pretrained}")
-    if cfg.data.source == "folder" and not Path(cfg.data.root).expanduser().is_dir():
-        raise ConfigError(f"data.root: not a directory: {cfg.data.root}")
-    if cfg.data.source == "folder":  # the world writes both; a folder must bring them
-        root, w = Path(cfg.data.root).expanduser(), cfg.distill.weights
-        if w.get("cap", 0) > 0 and not (root / "captions.json").is_file():
-            raise ConfigError(f"distill.weights.cap > 0 needs image captions: file not found: "
-                              f"{root / 'captions.json'}")
-        if w.get("vld", 0) > 0 and cfg.distill.vld.sentences_file is None \
-                and not (root / "sentences.txt").is_file():
-            raise ConfigError(f"distill.weights.vld > 0 needs unpaired sentences: file not found: "
-                              f"{root / 'sentences.txt'} (or set distill.vld.sentences_file)")
+    check_config(cfg)  # trainers/checks.py: also run on every point of a search space
 
 
 def _lr(step: int, total: int, warmup: int, base: float) -> float:

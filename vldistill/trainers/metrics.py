@@ -7,7 +7,7 @@ CPU latency reported next to the parameter count when comparing students.
 
 ``relation_to_teacher`` (``M_rel``), ``neighbour_overlap`` (``M_neigh``) and
 ``vl_alignment_inversions`` (``M_vlalign``) are P1's proposed representation metrics
-(PAPERS.md): how closely the student's embedding space reproduces the teacher's on a set of
+(P1, docs/methods.md): how closely the student's embedding space reproduces the teacher's on a set of
 images. They work in row chunks, so an N-image set never materialises an N x N matrix.
 """
 
@@ -244,7 +244,7 @@ def vl_alignment_inversions(student: Tensor, teacher: Tensor, text: Tensor, k: i
     student scores it the other way, ``cos(S_i, c_a) < cos(S_i, c_b)`` (strictly; ties are
     not reversed). The metric is the number of reversed pairs divided by the
     ``k (k - 1) / 2`` pairs, averaged over images: 0 = the student keeps the teacher's
-    ranking, 1 = fully reversed, ~0.5 = unrelated. Lower is better. (PAPERS.md says
+    ranking, 1 = fully reversed, ~0.5 = unrelated. Lower is better. (P1's paper says
     "count"; the fraction makes values comparable across k.) ``k`` is capped at the number
     of class texts.
 

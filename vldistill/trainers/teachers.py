@@ -345,7 +345,7 @@ def train_embedded(cfg: EmbeddedTeacherConfig, world_spec: WorldSpec,
                    cache_dir: str | None = None, progress: bool = True) -> Teacher:
     """Train (or load from the cache) the embedded teacher.
 
-    Recipe (DESIGN.md: contrastive training alone learns colour but hardly shape in
+    Recipe (docs/foundation.md: contrastive training alone learns colour but hardly shape in
     minutes): open_clip ``ClipLoss`` on (image, caption) pairs of every class in every
     domain, plus ``aux_weight`` x cross-entropy of linear shape, colour and domain heads on
     the pooled image features; AdamW, linear warm-up then cosine. The heads are dropped

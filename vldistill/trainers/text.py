@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from vldistill.trainers.config import ConfigError, TextConfig
 from vldistill.trainers.data.folder import DataError, DatasetInfo, read_lines
+from vldistill.trainers.strict_files import DuplicateKeyError, read_json
 
 
 @dataclass
@@ -131,7 +132,9 @@ def _json_object(path: Path, missing: str, shape: str) -> dict:
     if not path.is_file():
         raise DataError(missing)
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
+    except DuplicateKeyError as e:
+        raise DataError(str(e)) from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):

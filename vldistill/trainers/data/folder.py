@@ -33,6 +33,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from vldistill.trainers.strict_files import DuplicateKeyError, read_json
+
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -60,9 +62,11 @@ class DatasetInfo:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except FileNotFoundError:
         raise DataError(f"missing file: {path}") from None
+    except DuplicateKeyError as e:
+        raise DataError(str(e)) from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
 

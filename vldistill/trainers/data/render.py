@@ -7,7 +7,7 @@ samples per-image parameters (see ``world.py``) and :func:`render` turns them in
 Shapes are signed distance fields (negative inside) on coordinates in ``[-1, 1]`` after
 the inverse of the image's similarity transform, so edges are anti-aliased analytically
 (``coverage = clip(0.5 - d / pixel, 0, 1)``) and any image size works. Nuisance strength
-is deliberately moderate: the prototype recorded in DESIGN.md showed that strong
+is deliberately moderate: an early prototype (docs/foundation.md) showed that strong
 rotation plus strong noise makes shape unlearnable for a tiny teacher in minutes.
 """
 

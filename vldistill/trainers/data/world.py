@@ -85,6 +85,26 @@ class WorldSpec:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def world_problems(spec) -> list[tuple[str, str]]:
+    """Every invalid value of a world recipe (a :class:`WorldSpec` or the config's
+    ``WorldConfig``, same fields), as ``(dotted key, rule)``; the config's validator reports
+    them as config errors before anything runs."""
+    checks = (
+        (spec.semantic_shape in R.SHAPES, "semantic_shape",
+         f"must be one of {list(R.SHAPES)}, got {spec.semantic_shape!r}"),
+        (spec.semantic_colour in R.COLOURS, "semantic_colour",
+         f"must be one of {list(R.COLOURS)}, got {spec.semantic_colour!r}"),
+        (spec.train_domain in R.DOMAINS, "train_domain",
+         f"must be one of {list(R.DOMAINS)}, got {spec.train_domain!r}"),
+        (0 <= spec.n_compositional <= 10, "n_compositional",
+         f"must be in [0, 10] (each base shape/colour keeps >= 3 base classes), got {spec.n_compositional}"),
+        (spec.image_size >= 16, "image_size", f"must be >= 16, got {spec.image_size}"),
+        (spec.per_class >= 2, "per_class", f"must be >= 2 (a training and a validation image), got {spec.per_class}"),
+        (spec.shift_per_class >= 1, "shift_per_class", f"must be >= 1, got {spec.shift_per_class}"),
+    )
+    return [(f"data.world.{key}", rule) for ok, key, rule in checks if not ok]
+
+
 @dataclass(frozen=True)
 class WorldClass:
     folder: str  # e.g. "red_circle"
@@ -98,18 +118,9 @@ class World:
     """The class structure, text sources and image streams of one world."""
 
     def __init__(self, spec: WorldSpec = WorldSpec()):
-        if spec.semantic_shape not in R.SHAPES:
-            raise ValueError(f"data.world.semantic_shape={spec.semantic_shape!r}; known: {R.SHAPES}")
-        if spec.semantic_colour not in R.COLOURS:
-            raise ValueError(
-                f"data.world.semantic_colour={spec.semantic_colour!r}; known: {tuple(R.COLOURS)}")
-        if spec.train_domain not in R.DOMAINS:
-            raise ValueError(f"data.world.train_domain={spec.train_domain!r}; known: {R.DOMAINS}")
-        if not 0 <= spec.n_compositional <= 10:
-            raise ValueError("data.world.n_compositional must be in [0, 10] "
-                             f"(each base shape/colour keeps >= 3 base classes), got {spec.n_compositional}")
-        if spec.image_size < 16:
-            raise ValueError(f"data.world.image_size must be >= 16, got {spec.image_size}")
+        problems = world_problems(spec)
+        if problems:
+            raise ValueError("; ".join(f"{key}: {rule}" for key, rule in problems))
         self.spec = spec
         self.classes = self._make_classes()
 

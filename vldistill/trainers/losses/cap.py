@@ -1,6 +1,6 @@
 """P1 auxiliary caption loss (Li et al., ICCV 2023): align the student to caption embeddings.
 
-Registered name: ``cap`` (see /work/shared/PAPERS.md, P1, "auxiliary captions"). It lives
+Registered name: ``cap`` (see docs/methods.md, P1, "auxiliary captions"). It lives
 apart from ``p1`` because it reads an input the other P1 losses do not: one caption per image.
 
 Inputs read (B batch, D embedding width):

@@ -1,6 +1,6 @@
 """P1 losses (Li et al., ICCV 2023): distilling a CLIP teacher for OOD generalisation.
 
-Registered names: ``cls``, ``mse``, ``im_cst``, ``vlprox`` (see /work/shared/PAPERS.md, P1).
+Registered names: ``cls``, ``mse``, ``im_cst``, ``vlprox`` (see docs/methods.md, P1).
 Every loss is an ``nn.Module`` whose ``forward(student, teacher, batch)`` returns a dict
 with one key ending in ``_loss`` (a scalar tensor).
 

@@ -1,14 +1,14 @@
 """P2 losses (DIME-FM, Sun et al., ICCV 2023): distilling with unpaired images and sentences.
 
-Registered names: ``vld``, ``pvld``, ``udist`` (see /work/shared/PAPERS.md, P2). None of them
+Registered names: ``vld``, ``pvld``, ``udist`` (see docs/methods.md, P2). None of them
 reads a label: DIME-FM trains on unpaired data, so every loss here works with ``batch == {}``
 and ignores whatever the batch holds.
 
-Common definitions (as in PAPERS.md): logits are ``logit_scale * cos`` (``logit_scale`` =
+Common definitions (as in the DIME-FM paper): logits are ``logit_scale * cos`` (``logit_scale`` =
 100 by default), and the per-row distillation term is
 ``KL(softmax(t / T) || softmax(s / T)) = sum_j p_t[j] (log p_t[j] - log p_s[j])`` with t the
 teacher's and s the student's logits of that row and T the temperature; rows are averaged
-("batch mean"). PAPERS.md gives this formula without the usual Hinton ``T^2`` factor, so
+("batch mean"). The paper gives this formula without the usual Hinton ``T^2`` factor, so
 NONE is applied: at T = 7 (``udist``) the gradients are ~49x smaller than with ``T^2``, which
 the configured weights must absorb.
 
@@ -112,7 +112,7 @@ class VLDistillLoss(_P2Loss):
       sentences.
 
     The loss is the image->sentence term, or the average of the two directions. No ``T^2``
-    factor: DIME-FM's formula as given in PAPERS.md has none, so none is applied.
+    factor: DIME-FM's formula as the paper gives it has none, so none is applied.
     Key ``vld_loss``.
 
     Args:

@@ -1,6 +1,6 @@
 """P4 losses (DistillVLM, Fang et al., ICCV 2021): distilling transformer blocks token-wise.
 
-Registered names: ``attn``, ``token_nce`` (see /work/shared/PAPERS.md, P4). Both compare
+Registered names: ``attn``, ``token_nce`` (see docs/methods.md, P4). Both compare
 chosen student blocks with chosen teacher blocks of two ViTs whose token grids may differ;
 the teacher side is resampled to the student grid (``interpolate_tokens``,
 ``interpolate_attention``). No labels are read.

@@ -112,7 +112,7 @@ def _trials(space, base) -> list[str]:
         while t < epochs:
             rungs.append(f"{t:g}")
             t *= sch.reduction_factor
-        line += f"; ASHA may stop a trial at epoch {', '.join(rungs)}"
+        line += f"; ASHA may stop a trial at epochs {', '.join(rungs)}"
     return [line]
 
 

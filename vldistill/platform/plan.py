@@ -150,7 +150,7 @@ def _state(path: Path) -> str:
 
 def _teacher_key(cfg) -> tuple[str | None, list[tuple[str, str, str]]]:
     """The teacher's content key and its cache row (open_clip teachers are not cached)."""
-    from vldistill.trainers.loop import world_spec
+    from vldistill.trainers.assets import world_spec
     from vldistill.trainers.teachers import _open_clip_identity, cache_root, embedded_key
 
     root = cache_root(cfg.cache_dir)
@@ -167,21 +167,19 @@ def _teacher_key(cfg) -> tuple[str | None, list[tuple[str, str, str]]]:
 def shared_assets(cfg) -> list[tuple[str, str, str]]:
     """``(asset, cache path, state)`` of every shared asset the sweep prepares before its
     first trial (those of the base config), from config and file listings alone."""
-    from vldistill.trainers.cache import cache_key
+    from vldistill.trainers.assets import cache_uri, data_root, needs_view_cache
+    from vldistill.trainers.cache import cache_key, is_complete
     from vldistill.trainers.data.folder import read_dataset, split_paths
-    from vldistill.trainers.loop import cache_uri, world_spec
     from vldistill.trainers.synth import synth_key
     from vldistill.trainers.teachers import cache_root
 
     if cache_uri(cfg):
         return [("cache", str(cache_uri(cfg)), "not checked (a storage URI; --plan reads local files only)")]
-    root, d = cache_root(cfg.cache_dir), cfg.data
+    root, d, wroot = cache_root(cfg.cache_dir), cfg.data, data_root(cfg)
     rows: list[tuple[str, str, str]] = []
     if d.source == "world":
-        wroot = Path(d.root) if d.root else root / "worlds" / world_spec(cfg).key()
         rows.append(("world", str(wroot), _state(wroot / "world.json")))
     else:
-        wroot = Path(d.root)
         rows.append(("dataset (folder)", str(wroot), PRESENT if wroot.is_dir() else MISSING))
     tkey, trow = _teacher_key(cfg)
     rows += trow
@@ -196,7 +194,7 @@ def shared_assets(cfg) -> list[tuple[str, str, str]]:
         else:
             path = root / "synthetic" / synth_key(tkey, [info.name(c) for c in info.base], d.synthetic)
             rows.append(("synthetic training set (P3)", str(path), _state(path / "data.pt")))
-    elif cfg.augment.views > 0 and cfg.teacher_cache:
+    elif needs_view_cache(cfg):
         if info is None:
             rows.append(("teacher cache", str(root / "teacher_cache"), after))
         else:
@@ -205,7 +203,7 @@ def shared_assets(cfg) -> list[tuple[str, str, str]]:
             path = root / "teacher_cache" / cache_key(tkey, splits, d.image_size, cfg.augment,
                                                       cfg.augment.views)
             rows.append((f"teacher cache ({len(train)} images x {cfg.augment.views} views)", str(path),
-                         _state(path / "embeds.npy")))
+                         PRESENT if is_complete(path) else MISSING))
     return rows
 
 
@@ -213,7 +211,10 @@ def _assets(space, base) -> list[str]:
     from vldistill.trainers.teachers import cache_root
 
     rows = shared_assets(base)
-    lines = [f"shared assets (cache {cache_root(base.cache_dir)}):"]
+    res = getattr(space, "teacher_resources", None) or {}
+    how = ", ".join(f"{k} {v}" for k, v in res.items()) or "cpu 1, gpu auto (the defaults)"
+    lines = [f"shared assets (cache {cache_root(base.cache_dir)}):",
+             f"  built before the first trial, as Ray work on teacher_resources: {how}"]
     width = max(len(r[0]) for r in rows)
     for what, path, state in rows:
         lines += [f"  {what:<{width}}  {state}", f"  {'':<{width}}  {path}"]
@@ -226,10 +227,13 @@ def _assets(space, base) -> list[str]:
 def plan_text(space_ref: str | None, overrides: Sequence[str] = (), address: str | None = None) -> str:
     """The plan of ``vldistill sweep [search_space=...] [overrides]``; raises what the sweep
     would raise (``SweepError`` / ``UsageError``) for an invalid space or override."""
-    from vldistill.platform.sweep import checked_base_config, load_space
+    from vldistill.platform.sweep import (_split_teacher_resources, checked_base_config, load_space,
+                                          with_teacher_resources)
 
+    overrides, teacher_res = _split_teacher_resources(overrides)
     space = load_space(space_ref)
     base = checked_base_config(space, overrides)
+    space = with_teacher_resources(space, teacher_res)
     question, cost = space_header(Path(space.source)) if space.source else ("", "")
     head = [f"plan of sweep {space.name!r} ({space.source or 'inline'})"]
     head += [textwrap.fill(t, 96, initial_indent="  ", subsequent_indent="  ") for t in (question, cost) if t]

@@ -3,9 +3,10 @@
 Flow (DESIGN.md "The flow of one sweep"):
 
 1. load and validate the search space against the composed base config (before Ray);
-2. take the sweep directory's lock, write ``search_space.yaml`` and ``base_config.yaml``;
-3. prepare what every trial shares, once: the dataset (the embedded world is written),
-   the teacher (the embedded one is trained) and the teacher's own metrics;
+2. join Ray (or start a local instance) and build what every trial shares, once, as Ray
+   work on the teacher's resources (``platform/assets.py``): the dataset, the teacher, its
+   text targets and metrics, the view cache... -- the driver never runs the teacher;
+3. take the sweep directory's lock, write ``search_space.yaml`` and ``base_config.yaml``;
 4. run Ray Tune: a function trainable per trial (one worker: the training loop runs in
    the trial itself, the cheap path on CPU), ``SeededOptunaSearch`` (TPE / random / grid,
    seeds as repeats, honest PRUNED states, study in ``optuna.journal``), ASHA if asked;
@@ -26,7 +27,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -154,7 +154,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
                 ray.train.report({**_numeric(metrics), NODES_KEY: nodes}, checkpoint=checkpoint)
 
-        train(cfg, _TrainReporter(), work)
+        train(cfg, _TrainReporter(), work, build=False)  # shared assets: built before trials
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -209,6 +209,7 @@ def sweep_trainable(config: dict[str, Any]) -> None:
 
     from vldistill.search_spaces.loader import unflatten
     from vldistill.trainers.config import from_dict
+    from vldistill.trainers.assets import MissingAssetError
     from vldistill.trainers.loop import NonFiniteLossError, train
 
     plain = {k: v for k, v in config.items() if not k.startswith("__")}
@@ -238,11 +239,11 @@ def sweep_trainable(config: dict[str, Any]) -> None:
                     tune.report(row)
 
         try:
-            train(cfg, _TuneReporter(), work)
-        except NonFiniteLossError as e:
+            train(cfg, _TuneReporter(), work, build=False)  # shared assets: built before trials
+        except (NonFiniteLossError, MissingAssetError) as e:
             # Deterministic: retrying from the checkpoint would fail again. End the trial with
             # its reason instead of an error (errors are retried: FailureConfig below).
-            tune.report({"epoch": 0, "epochs": cfg.optim.epochs, ERROR_KEY: f"NonFiniteLossError: {e}"})
+            tune.report({"epoch": 0, "epochs": cfg.optim.epochs, ERROR_KEY: f"{type(e).__name__}: {e}"})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -455,18 +456,39 @@ def _wandb_callback(sweep_dir: Path, name: str, enabled: bool) -> list:
     return [cb] if cb is not None else []
 
 
-def prepare_shared(cfg) -> None:
-    """Compute, once, what every trial reads from the cache: world, teacher, its metrics."""
-    from vldistill.trainers.loop import cache_uri, prepare, with_local_cache
+def prepare_shared(cfg, teacher_resources: dict | None = None) -> list[dict]:
+    """Build, on the cluster, what every trial reads from the cache (Ray must be up): the
+    dataset, the teacher, its text targets, metrics and evaluation embeddings, the view
+    cache... as Ray work on the teacher's resources (``platform/assets.py``). Returns one
+    record per asset (where, how long, how fast) for ``sweep.json``."""
+    from vldistill.platform.assets import AssetError, TeacherResources, build_shared
 
-    t0 = time.time()
-    uri = cache_uri(cfg)
-    prepare(with_local_cache(cfg))
-    if uri:  # every node reads the shared assets from the storage URI, not from this disk
-        from vldistill.trainers.storage import local_copy_dir, push_cache
-        pushed = push_cache(uri, local_copy_dir(uri, "cache"))
-        log.info("cache: %d new entries uploaded to %s", len(pushed), uri)
-    log.info("shared assets ready in %.0f s (dataset, teacher, teacher metrics)", time.time() - t0)
+    try:
+        return build_shared(cfg, TeacherResources.from_dict(teacher_resources))
+    except (AssetError, ValueError) as e:
+        raise SweepError(str(e)) from None
+
+
+def _split_teacher_resources(overrides: Sequence[str]) -> tuple[list[str], dict]:
+    """``teacher_resources.<key>=<value>`` tokens of the command line, apart from the
+    Hydra overrides every trial gets."""
+    rest, res = [], {}
+    for tok in overrides:
+        if tok.startswith("teacher_resources.") and "=" in tok:
+            key, value = tok.split("=", 1)
+            res[key.split(".", 1)[1]] = yaml.safe_load(value)
+        else:
+            rest.append(tok)
+    return rest, res
+
+
+def _check_data_before_ray(cfg) -> None:
+    """A folder dataset's ``classes.json`` and class folders, read here (cheap) so that a
+    wrong ``data.root`` is a named error before Ray starts. Images are decoded later, by
+    the shared-asset task (a corrupt one is a named error there, before any trial)."""
+    if cfg.data.source == "folder":
+        from vldistill.trainers.data.folder import read_dataset
+        read_dataset(cfg.data.root, cfg.data.train_domain)
 
 
 def _check_asha_eval(space, base) -> None:
@@ -505,6 +527,21 @@ def checked_base_config(space, overrides: Sequence[str] = ()):
     return base
 
 
+def with_teacher_resources(space, teacher_res: dict):
+    """``space`` with the command line's ``teacher_resources.<key>=...`` winning over its own."""
+    if not teacher_res:
+        return space
+    from dataclasses import replace as _replace
+
+    from vldistill.search_spaces.loader import SearchSpaceError, _Err, parse_teacher_resources
+    merged = {**space.teacher_resources, **teacher_res}
+    try:
+        parse_teacher_resources(_Err(space.source or space.name), merged)
+    except SearchSpaceError as e:
+        raise SweepError(str(e)) from None
+    return _replace(space, teacher_resources=merged)
+
+
 def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str | None = None,
               resume: str | None = None, address: str | None = None, wandb: bool = True) -> Path:
     """Run (or resume) a sweep and return its directory."""
@@ -513,6 +550,7 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
     from vldistill.trainers.storage import is_uri, push_files
 
     remote = None
+    overrides, teacher_res = _split_teacher_resources(overrides)
     if resume and is_uri(resume):
         remote, sweep_dir = _open_remote(resume, "--resume")
         if not remote.exists("search_space.yaml"):
@@ -541,12 +579,22 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
         else:
             sweep_dir = Path(out_dir or Path("runs") / "sweeps" / f"{space.name}-{stamp}").expanduser().resolve()
         base = checked_base_config(space, overrides)
+        space = with_teacher_resources(space, teacher_res)
         _Lock.check_free(sweep_dir)
         if (sweep_dir / ROWS).exists() or (sweep_dir / TUNE_DIR).exists():
             raise SweepError(f"{sweep_dir} already holds a sweep; use --resume {sweep_dir} or another out_dir")
-    # Shared assets first: a teacher checkpoint that cannot load (missing, pickled code) or
-    # a broken dataset fails here, before the sweep directory gets a single file.
-    prepare_shared(base)
+    _check_data_before_ray(base)
+    # Ray first, then the shared assets on the cluster: a teacher checkpoint that cannot load
+    # (missing, pickled code) or a broken dataset fails there, before the sweep directory
+    # gets a single file (the error is re-raised here, naming the file).
+    started = _init_ray(address, driver_cpu=0.01 if space.resources.workers > 1 else 0.0)
+    try:
+        assets = prepare_shared(base, space.teacher_resources)
+    except BaseException:
+        if started:
+            import ray
+            ray.shutdown()
+        raise
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with _Lock(sweep_dir):
         if not resume:
@@ -554,10 +602,10 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
             (sweep_dir / "base_config.yaml").write_text(yaml.safe_dump(to_dict(base), sort_keys=False))
         if remote is not None:  # the space and base config are there before any trial
             push_files(remote, sweep_dir, ["search_space.yaml", "base_config.yaml"])
-        started = _run_tune(space, base, sweep_dir, resume is not None, address, wandb, flatten,
-                            remote.uri if remote is not None else None)
+        _run_tune(space, base, sweep_dir, resume is not None, address, wandb, flatten,
+                  remote.uri if remote is not None else None)
         write_csv(sweep_dir)
-        _write_summary(sweep_dir, space)
+        _write_summary(sweep_dir, space, assets)
         # A local Ray this sweep started stops while the report is built (~1 s each, side
         # by side); a cluster it joined, or a Ray the caller started, is left running.
         stopping = _stop_ray_in_background() if started else None
@@ -675,7 +723,7 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
     return started
 
 
-def _write_summary(sweep_dir: Path, space) -> None:
+def _write_summary(sweep_dir: Path, space, assets: list[dict] | None = None) -> None:
     rows = read_rows(sweep_dir)
     counts: dict[str, int] = {}
     for r in rows:
@@ -683,7 +731,8 @@ def _write_summary(sweep_dir: Path, space) -> None:
     summary = {"name": space.name, "finished": _dt.datetime.now().isoformat(timespec="seconds"),
                "trials": len(rows), "status_counts": counts,
                "cpu_hours": sum(r["wall_seconds"] * r["resources"]["cpu"] * r["resources"]["workers"]
-                                for r in rows) / 3600}
+                                for r in rows) / 3600,
+               "assets": assets or []}  # shared assets: where each was built, seconds, images/s
     done = [r for r in rows if r["status"] == "completed" and space.metrics[0] in r["metrics"]]
     if done:
         sign = 1 if space.modes[0] == "max" else -1

@@ -43,12 +43,13 @@ from vldistill.search_spaces.validate import check_conditions, validate_search_s
 SHIPPED_DIR = Path(__file__).resolve().parent
 
 TOP_KEYS = ("name", "description", "metric", "mode", "sampler", "sampler_seed", "scheduler",
-            "num_samples", "seeds", "resources", "overrides", "params")
+            "num_samples", "seeds", "resources", "overrides", "params", "teacher_resources")
 _REQUIRED = ("metric", "mode", "params")
 _SPEC_KEYS = KINDS + ("baseline", "when")
 _SCHEDULER_KEYS = ("type", "max_t", "grace_period", "reduction_factor")
 _RESOURCE_KEYS = ("cpu", "gpu", "workers", "placement", "max_concurrent")
 PLACEMENTS = ("pack", "spread", "strict_pack", "strict_spread")
+TEACHER_RESOURCE_KEYS = ("cpu", "gpu", "max_actors")
 
 # Metrics a trial reports (trainers/evaluation.py, loop.py); `<domain>`/`<kind>` are free.
 KNOWN_METRICS = ("base_acc", "novel_acc", "hmean", "shift_acc", "shift_acc/<domain>",
@@ -235,6 +236,23 @@ def _parse_resources(err: _Err, raw: Any) -> Resources:
     return Resources(cpu=float(cpu), gpu=float(gpu), workers=workers, placement=placement, max_concurrent=cap)
 
 
+def parse_teacher_resources(err: _Err, raw: Any) -> dict:
+    """``teacher_resources``: what each shared-asset task / view-cache actor asks Ray for
+    (``cpu`` > 0, ``gpu`` >= 0 or ``auto``, ``max_actors`` >= 0; see platform/assets.py)."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise err("teacher_resources", f"must be a mapping of {', '.join(TEACHER_RESOURCE_KEYS)}, got {raw!r}")
+    for key, v in raw.items():
+        if key not in TEACHER_RESOURCE_KEYS:
+            raise err(f"teacher_resources.{key}", f"unknown key; valid: {', '.join(TEACHER_RESOURCE_KEYS)}")
+        ok = {"cpu": _is_number(v) and v > 0, "gpu": v == "auto" or (_is_number(v) and v >= 0),
+              "max_actors": _is_int(v) and v >= 0}[key]
+        if not ok:
+            want = {"cpu": "a number > 0", "gpu": "a number >= 0 or auto", "max_actors": "an integer >= 0"}[key]
+            raise err(f"teacher_resources.{key}", f"must be {want}, got {v!r}")
+    return dict(raw)
+
+
 def _parse_seeds(err: _Err, raw: Any) -> tuple[int, ...]:
     if not isinstance(raw, list) or not raw:
         raise err("seeds", f"must be a non-empty list of integers, got {raw!r}")
@@ -312,7 +330,8 @@ def search_space_from_dict(data: dict, source: str = "<dict>",
         num_samples=num_samples, seeds=_parse_seeds(err, data.get("seeds", [0])),
         resources=_parse_resources(err, data.get("resources")), params=params,
         overrides=_parse_overrides(err, data.get("overrides")), sampler_seed=sampler_seed,
-        description=description, source=source)
+        description=description, source=source,
+        teacher_resources=parse_teacher_resources(err, data.get("teacher_resources")))
 
 
 def list_search_spaces() -> list[str]:

@@ -187,6 +187,8 @@ class SearchSpace:
     sampler_seed: int = 0
     description: str = ""
     source: str = field(default="", compare=False)
+    # what the shared-asset stage asks Ray for (platform/assets.py): {cpu, gpu, max_actors}
+    teacher_resources: dict = field(default_factory=dict)
 
     @property
     def multi_objective(self) -> bool:
@@ -225,4 +227,5 @@ class SearchSpace:
             "resources": self.resources.to_dict(),
             "overrides": list(self.overrides),
             "params": {k: p.to_dict() for k, p in self.params.items()},
+            **({"teacher_resources": dict(self.teacher_resources)} if self.teacher_resources else {}),
         }

@@ -29,31 +29,29 @@ The final evaluation is part of the last report (Ray Tune may stop a trial right
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from vldistill.trainers.cache import ensure_cache
+# The shared assets (dataset, teacher, text, teacher metrics, view cache) are prepared by
+# trainers/assets.py; these names are re-exported for the callers that import them from here.
+from vldistill.trainers.assets import (_EVAL_EMB, _FEEDS, _MEMO, _teacher_embeddings,  # noqa: F401
+                                       cache_uri, needs_view_cache, prepare, resolve_dataset,
+                                       view_cache, with_local_cache, world_spec)
 from vldistill.trainers.config import ConfigError, TrainConfig
-from vldistill.trainers.data.folder import (DatasetInfo, Splits, UnlabelledImages, build_splits,
-                                            read_dataset)
+from vldistill.trainers.data.folder import UnlabelledImages
 from vldistill.trainers.data.views import make_views, view_seed
-from vldistill.trainers.data.world import World, WorldSpec
-from vldistill.trainers.evaluation import eval_sizes, evaluate, final_metrics, floors, student_cost
+from vldistill.trainers.evaluation import evaluate, final_metrics, student_cost
 from vldistill.trainers.losses import LOSSES, WeightedLoss
 from vldistill.trainers.progress import epoch_steps
 from vldistill.trainers.students import build_student
-from vldistill.trainers.teachers import LazyTeacher, Teacher, cache_root, load_teacher
-from vldistill.trainers.text import (build_text_targets, caption_embeddings, check_source,
-                                     sentence_bank)
+from vldistill.trainers.text import check_source
 
 log = logging.getLogger(__name__)
 CKPT_NAME = "last.pt"
@@ -93,43 +91,6 @@ class LogReporter:
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf; the trial cannot continue."""
-
-
-def world_spec(cfg: TrainConfig) -> WorldSpec:
-    w = cfg.data.world
-    return WorldSpec(seed=w.seed, image_size=w.image_size, per_class=w.per_class,
-                     shift_per_class=w.shift_per_class, train_domain=w.train_domain,
-                     semantic_shape=w.semantic_shape, semantic_colour=w.semantic_colour,
-                     n_compositional=w.n_compositional)
-
-
-def cache_uri(cfg: TrainConfig) -> str | None:
-    """The cache location when it is a storage URI (``cache_dir`` or ``$VLDISTILL_CACHE``)."""
-    from vldistill.trainers.storage import is_uri
-
-    loc = cfg.cache_dir or os.environ.get("VLDISTILL_CACHE")
-    return loc if loc and is_uri(loc) else None
-
-
-def with_local_cache(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with a URI cache replaced by this node's local copy of it, every complete
-    entry of the URI downloaded first (see ``trainers/storage.py``). Plain paths: unchanged."""
-    uri = cache_uri(cfg)
-    if uri is None:
-        return cfg
-    from vldistill.trainers.storage import pull_cache
-    return replace(cfg, cache_dir=str(pull_cache(uri)))
-
-
-def resolve_dataset(cfg: TrainConfig, progress: bool = True) -> DatasetInfo:
-    """The dataset root (writing the embedded world there first if needed), checked."""
-    if cfg.data.source == "world":
-        spec = world_spec(cfg)
-        root = Path(cfg.data.root) if cfg.data.root else (
-            cache_root(cfg.cache_dir) / "worlds" / spec.key())
-        World(spec).write(root, progress=progress)
-        return read_dataset(root, spec.train_domain)
-    return read_dataset(cfg.data.root, cfg.data.train_domain)
 
 
 def check_registries(cfg: TrainConfig) -> None:
@@ -188,46 +149,6 @@ def _lr(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _teacher_metrics(teacher: Teacher | LazyTeacher, splits: Splits, text, cfg: TrainConfig) -> dict[str, float]:
-    """The teacher's own numbers on the same sets (the ceiling), cached on disk."""
-    blob = json.dumps({"teacher": teacher.key, "root": str(splits.info.root),
-                       "data": asdict(cfg.data), "text": text.key, "v": 2}, sort_keys=True)
-    path = cache_root(cfg.cache_dir) / "teacher_eval" / (
-        hashlib.sha256(blob.encode()).hexdigest()[:16] + ".json")
-    if path.is_file():
-        return json.loads(path.read_text())
-    m = evaluate(teacher.encode_images, splits, text, cfg.eval.batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(m))
-    os.replace(tmp, path)
-    return m
-
-
-def _teacher_embeddings(teacher: Teacher | LazyTeacher, splits: Splits, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """The teacher's embeddings of the held-out base and novel images (P1's representation
-    metrics compare every student with them), cached on disk next to the teacher metrics:
-    a trial never runs the teacher over the evaluation sets (with a ViT-B teacher on CPU
-    that would be minutes per trial)."""
-    from vldistill.trainers.evaluation import teacher_eval_embeddings
-    blob = json.dumps({"teacher": teacher.key, "root": str(splits.info.root), "data": asdict(cfg.data),
-                       "what": "eval-embeddings", "v": 1}, sort_keys=True)
-    path = cache_root(cfg.cache_dir) / "teacher_eval" / (hashlib.sha256(blob.encode()).hexdigest()[:16] + ".pt")
-    if str(path) in _EVAL_EMB:
-        return _EVAL_EMB[str(path)]
-    if path.is_file():
-        emb = torch.load(path, map_location="cpu", weights_only=True)
-        _EVAL_EMB.clear()
-        _EVAL_EMB[str(path)] = emb
-        return emb
-    emb = teacher_eval_embeddings(teacher, splits, cfg.eval.batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(emb, tmp)
-    os.replace(tmp, path)
-    return emb
-
-
 def save_checkpoint(state: dict[str, Any], ckpt_dir: Path) -> Path:
     """Write ``last.pt`` atomically: a crash mid-write leaves the previous one intact."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -245,74 +166,6 @@ def load_checkpoint(ckpt_dir: Path | None) -> dict[str, Any] | None:
     if ckpt_dir is None or not (Path(ckpt_dir) / CKPT_NAME).is_file():
         return None
     return torch.load(Path(ckpt_dir) / CKPT_NAME, map_location="cpu", weights_only=True)
-
-
-_MEMO: dict[str, tuple] = {}  # a reused Ray actor (or a test) pays data/teacher loading once
-_EVAL_EMB: dict[str, dict] = {}  # the teacher's evaluation-set embeddings, by cache file
-_FEEDS: dict[str, dict] = {}  # caption / sentence-bank embeddings, keyed like _MEMO plus their config
-
-
-def _feeds(cfg: TrainConfig, splits: Splits, teacher: Teacher | LazyTeacher, base_key: str) -> dict:
-    """Caption embeddings of the training images (``cap``) and the sentence bank (``vld``).
-
-    Computed once per data/teacher/config and only for weighted losses: ``captions``
-    ``[N_train, D]`` (row i: the caption of training image i, from ``captions.json``) and
-    ``sentences`` ``[M, D]``; both teacher text embeddings, normalised, on the CPU.
-    """
-    w, v = cfg.distill.weights, cfg.distill.vld
-    need_cap, need_bank = w.get("cap", 0) > 0, w.get("vld", 0) > 0
-    key = json.dumps({"base": base_key, "cap": need_cap, "bank": need_bank and asdict(v)}, sort_keys=True)
-    if key not in _FEEDS:
-        out = {}
-        if need_cap:
-            out["captions"] = caption_embeddings(teacher, splits.info.root, splits.train_paths)
-        if need_bank:
-            world = World(world_spec(cfg)) if cfg.data.source == "world" else None
-            bank = sentence_bank(splits.info.root, v.sentences_file, v.bank_size, v.bank_seed, world)
-            out["sentences"] = teacher.encode_text(bank).float().cpu()
-        _FEEDS.clear()
-        _FEEDS[key] = out
-    return _FEEDS[key]
-
-
-def prepare(cfg: TrainConfig) -> tuple[Splits, Teacher | LazyTeacher, Any, dict[str, float]]:
-    """Data splits, frozen teacher, text targets and the static metrics of a trial.
-
-    Everything is cached on disk (world, teacher, teacher metrics) and memoised in this
-    process, keyed by the config parts it depends on, so a sweep computes it once.
-    """
-    key = json.dumps({"data": asdict(cfg.data), "teacher": asdict(cfg.teacher),
-                      "text": asdict(cfg.distill.text), "cache": cfg.cache_dir}, sort_keys=True)
-    if key in _MEMO:
-        splits, teacher, text, static = _MEMO[key]
-        return splits, teacher, replace(text, **_feeds(cfg, splits, teacher, key)), static
-    info = resolve_dataset(cfg, cfg.progress)
-    d = cfg.data
-    synthetic = d.train_source == "synthetic"
-    splits = build_splits(info, d.image_size, d.train_fraction, d.images_per_class, d.split_seed,
-                          d.shift_domains, d.max_eval_per_class, cfg.progress, load_train=not synthetic)
-    # Lazy: a trial whose teacher outputs are all cached never builds the teacher model.
-    teacher = load_teacher(cfg.teacher, world_spec(cfg), cfg.cache_dir, cfg.progress, lazy=True)
-    text = build_text_targets(teacher, info, cfg.distill.text, cache_root(cfg.cache_dir))
-    teacher_m = {f"teacher/{k}": v for k, v in _teacher_metrics(teacher, splits, text, cfg).items()}
-    synth_m = {}
-    if synthetic:  # P3: no real training image is opened; the teacher makes the training set
-        from vldistill.trainers.data.folder import LabelledImages
-        from vldistill.trainers.synth import synthesize
-        images, labels, meta = synthesize(teacher, [info.name(c) for c in info.base], d.synthetic,
-                                          cache_root(cfg.cache_dir), cfg.progress)
-        splits = replace(splits, train=LabelledImages(images, labels, list(info.base)), train_paths=[],
-                         train_key=f"synthetic/{meta['key']}")
-        synth_m = {f"synthetic/{k}": float(meta[k]) for k in
-                   ("zero_shot_acc", "diversity", "diversity_per_class", "cos_after") if k in meta}
-    static = {**eval_sizes(splits), **floors(splits), **teacher_m, **synth_m}
-    _teacher_embeddings(teacher, splits, cfg)  # built here (a sweep's driver), read by trials
-    if cfg.augment.views > 0 and cfg.teacher_cache:  # a sweep builds it here, before trials
-        ensure_cache(teacher, splits, d.image_size, cfg.augment, cfg.augment.views,
-                     cache_root(cfg.cache_dir), cfg.progress)
-    _MEMO.clear()  # hold one dataset at a time
-    _MEMO[key] = (splits, teacher, text, static)
-    return splits, teacher, replace(text, **_feeds(cfg, splits, teacher, key)), static
 
 
 @dataclass(frozen=True)
@@ -358,7 +211,7 @@ def _build_optimizer(student: torch.nn.Module, criterion: torch.nn.Module, cfg: 
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None,
-          ckpt_dir: str | os.PathLike | None = None) -> dict[str, float]:
+          ckpt_dir: str | os.PathLike | None = None, build: bool = True) -> dict[str, float]:
     """Run (or resume) one trial and return its final metrics.
 
     Under torch.distributed (Ray Train workers) every rank runs this function: the global
@@ -372,6 +225,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
         cfg: the validated trial config.
         reporter: receives one row per epoch; the last row holds the final evaluation.
         ckpt_dir: where ``last.pt`` is written each epoch and resumed from if present.
+        build: build missing shared assets here (``vldistill train``); False in sweep trials,
+            which only read them (``trainers/assets.py``: a miss is a ``MissingAssetError``).
 
     Returns:
         The last epoch's row: student metrics, ``teacher/...`` metrics, cost, floors, sizes.
@@ -387,7 +242,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
     o, d = cfg.optim, cfg.data
     if o.batch_size % dist.world:
         raise ConfigError(f"optim.batch_size={o.batch_size} must be divisible by the {dist.world} workers")
-    splits, teacher, text, static = prepare(cfg)
+    splits, teacher, text, static = prepare(cfg, build)
     teacher.to(device)
 
     torch.manual_seed(cfg.seed)
@@ -429,9 +284,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
     captions = text.captions.to(device) if text.captions is not None else None
     views = cfg.augment.views
     cache = None
-    if views > 0 and cfg.teacher_cache and not token_losses:  # P4 runs the teacher online (tokens)
-        cache = ensure_cache(teacher, splits, d.image_size, cfg.augment, views,
-                             cache_root(cfg.cache_dir), cfg.progress)
+    if needs_view_cache(cfg):  # P4 runs the teacher online (tokens)
+        cache = view_cache(teacher, splits, cfg, build)
     local_bs = o.batch_size // dist.world
     encode = lambda im: student(im)["embed"]  # noqa: E731  (eval: the unwrapped module)
     row: dict[str, float] = {}
@@ -501,7 +355,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
             with _autocast(cfg, device):
                 last = evaluate(encode, splits, text, cfg.eval.batch_size, device, dist, keep=kept)
             if final:  # fp32: the few-shot copy is fine-tuned here
-                t_eval = _teacher_embeddings(teacher, splits, cfg)
+                t_eval = _teacher_embeddings(teacher, splits, cfg, build)
                 last.update(final_metrics(student, t_eval, splits, text, cfg, device, dist, kept))
             row.update(last)
         if final:
@@ -521,7 +375,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
         kept = {}
         row = {"epoch": o.epochs, "epochs": o.epochs,
                **evaluate(encode, splits, text, cfg.eval.batch_size, device, dist, keep=kept),
-               **final_metrics(student, _teacher_embeddings(teacher, splits, cfg), splits, text, cfg,
+               **final_metrics(student, _teacher_embeddings(teacher, splits, cfg, build), splits, text, cfg,
                                device, dist, kept),
                **student_cost(student, d.image_size, cfg.eval.latency_iters), **static}
         reporter.report(row, str(ckpt_path) if dist.main and ckpt_path else None)

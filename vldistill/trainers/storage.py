@@ -173,7 +173,9 @@ def _entries(root: Path) -> list[str]:
     for sub in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if Path(root).is_dir() else []:
         out += [f"{sub.name}/{e.name}" for e in sorted(sub.iterdir())
-                if not e.name.startswith(".") and ".tmp" not in e.name and not e.name.endswith(DONE)]
+                if not e.name.startswith(".") and ".tmp" not in e.name and not e.name.endswith(DONE)
+                # a view cache is complete once its meta.json is written (after every shard)
+                and (sub.name != "teacher_cache" or (e / "meta.json").is_file())]
     return out
 
 

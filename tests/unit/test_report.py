@@ -387,3 +387,18 @@ def test_missing_wandb_logs_one_warning_and_skips(monkeypatch, caplog, sweep):
     with caplog.at_level("WARNING", logger="vldistill.platform.report"):
         assert rp.log_to_wandb(sweep, [], Path("/nonexistent")) is None
     assert [r.levelname for r in caplog.records] == ["WARNING"] and "wandb" in caplog.text
+
+
+def test_a_failing_wandb_warns_and_the_report_is_written(tmp_path, monkeypatch, caplog):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+    def refuse(*args, **kwargs):  # as a full disk or an unreachable server would
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    sweep_dir = _copy(tmp_path / "sweep")
+    with caplog.at_level("WARNING", logger="vldistill.platform.report"):
+        files = rp.build_report(sweep_dir, wandb_run=True)
+    assert files["report.md"].is_file() and files["report.html"].is_file()
+    assert any("W&B" in r.getMessage() and "No space left" in r.getMessage() for r in caplog.records)

@@ -68,3 +68,12 @@ def test_one_offline_run_per_trial_and_a_failing_init_does_not_stop_the_sweep(of
     state = cb.__getstate__()
     assert state["runs"] == {} and state["mode"] == "offline"
     json.dumps({k: v for k, v in state.items() if k != "broken"})
+
+
+def test_each_sweep_directory_gets_its_own_group_and_keeps_it(tmp_path):
+    from vldistill.platform.wandb_logger import sweep_group
+
+    first = sweep_group(tmp_path / "a", "smoke")
+    assert first.startswith("smoke-") and sweep_group(tmp_path / "a", "smoke") == first  # as on --resume
+    assert (tmp_path / "a" / "wandb_group").read_text().strip() == first
+    assert sweep_group(tmp_path / "b", "smoke") != first

@@ -1,12 +1,14 @@
 """The ``vldistill`` command: parse, validate, call one function per verb.
 
-Verbs:
+Verbs (their user-facing help is ``VERBS`` below, shown by ``vldistill --help``):
     ``vldistill train [hydra overrides]``  one trial on this machine (no Ray), writes
     ``config.yaml``, ``metrics.json``, ``history.jsonl`` and ``checkpoints/last.pt`` into
     ``out_dir`` and prints the student-vs-teacher table.
-    ``vldistill sweep [search_space=NAME] [out_dir=DIR] [overrides] [--resume DIR]``  a Ray
-    Tune + Optuna sweep (see ``platform/sweep.py``).
+    ``vldistill sweep [search_space=NAME] [out_dir=DIR] [overrides] [--resume DIR] [--plan]``
+    a Ray Tune + Optuna sweep (see ``platform/sweep.py``); ``--plan`` prints what it would
+    run and stops (``platform/plan.py``).
     ``vldistill report SWEEP_DIR``  the aggregated ablation report of a sweep.
+    ``vldistill spaces``  the shipped search spaces with their questions and costs.
 
 Config errors exit with code 2 and one message naming the key or file, before anything is
 written. Hydra is used only to *compose* the config (``initialize_config_module`` +
@@ -155,10 +157,9 @@ def cmd_train(overrides: Sequence[str]) -> dict:
     return metrics
 
 
-def cmd_sweep(tokens: Sequence[str], resume: str | None, address: str | None, wandb: bool) -> Path:
+def cmd_sweep(tokens: Sequence[str], resume: str | None, address: str | None, wandb: bool,
+              plan: bool = False) -> Path | None:
     """``vldistill sweep [search_space=NAME|path.yaml] [out_dir=DIR] [overrides]``."""
-    from vldistill.platform.sweep import run_sweep
-
     space, out, overrides = None, None, []
     for tok in tokens:
         if tok.startswith("search_space="):
@@ -169,6 +170,14 @@ def cmd_sweep(tokens: Sequence[str], resume: str | None, address: str | None, wa
             overrides.append(tok)
     if resume and (space or overrides):
         raise UsageError("--resume continues a sweep as it was defined: no search_space= or overrides")
+    if plan:
+        if resume:
+            raise UsageError("--plan shows what a new sweep would run; it does not take --resume")
+        from vldistill.platform.plan import plan_text
+        print(plan_text(space, overrides, address))
+        return None
+    from vldistill.platform.sweep import run_sweep
+
     return run_sweep(space, overrides, out, resume=resume, address=address, wandb=wandb)
 
 
@@ -215,22 +224,87 @@ def cmd_report(sweep_dir: str, out_dir: str | None, wandb: bool) -> int:
     return report_main(sweep_dir, out_dir, wandb)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vldistill", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="verb", required=True)
-    p_train = sub.add_parser("train", help="run one distillation trial (no Ray)")
-    p_train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. distill=cls_mse seed=1")
-    p_sweep = sub.add_parser("sweep", help="run a Ray Tune + Optuna sweep over a search space")
-    p_sweep.add_argument("tokens", nargs="*",
+def cmd_spaces() -> None:
+    from vldistill.platform.plan import spaces_text
+
+    print(spaces_text())
+
+
+DESCRIPTION = """\
+Distill a CLIP teacher into a small timm student and find out, with Ray Tune + Optuna
+sweeps, which distillation choices make it generalise to novel classes and new domains.
+Everything runs offline on the embedded world; `vldistill VERB --help` explains each verb."""
+
+EXAMPLES = """\
+example:
+  vldistill sweep search_space=p1_losses --plan   # what a sweep would run, before it runs"""
+
+VERBS = {
+    "train": ("one distillation trial on this machine (no Ray)",
+              "Train one student against its teacher and print its accuracies beside the\n"
+              "teacher's (base, novel classes, shifted domains). out_dir gets config.yaml,\n"
+              "history.jsonl, metrics.json and checkpoints/last.pt. Any Hydra override works.",
+              "vldistill train distill=cls_im_cst_vlprox seed=1 optim.epochs=10"),
+    "sweep": ("a Ray Tune + Optuna sweep over a search space, then its report",
+              "Run every trial of a search space (shipped: `vldistill spaces`; or your .yaml) and\n"
+              "write the sweep directory: report.md/.html, trials.jsonl/.csv, optuna.journal\n"
+              "(optuna-dashboard), offline W&B runs (one group per sweep, plus a summary run).\n"
+              "--plan prints what it would run (configurations, trials, resources, missing\n"
+              "cached assets) and stops: no Ray, nothing written. Flags may go anywhere.",
+              "vldistill sweep search_space=p1_losses out_dir=runs/p1 optim.epochs=8"),
+    "report": ("rewrite the ablation report of a sweep directory",
+               "Read a sweep directory (or a storage URI) and write report.md, report.html,\n"
+               "trials.csv, levels.csv and plots/: per factor and metric, means with 95%\n"
+               "intervals over seeds, effects against the baseline, importance, Pareto front.",
+               "vldistill report runs/p1 --wandb"),
+    "spaces": ("list the shipped search spaces, each with its question and cost",
+               "Print every search space shipped with vldistill: its name, the question it\n"
+               "answers and what it costs, as its file states them.",
+               "vldistill spaces"),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and one parser per verb (each parses intermixed arguments)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="vldistill", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=fmt)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    subs = {verb: sub.add_parser(verb, help=short, description=long, epilog=f"example:\n  {example}",
+                                 formatter_class=fmt)
+            for verb, (short, long, example) in VERBS.items()}
+    subs["train"].add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                               help="Hydra overrides, e.g. distill=cls_mse seed=1")
+    p_sweep = subs["sweep"]
+    p_sweep.add_argument("tokens", nargs="*", metavar="KEY=VALUE",
                          help="search_space=NAME|file.yaml, out_dir=DIR, then Hydra overrides for every trial")
+    p_sweep.add_argument("--plan", action="store_true",
+                         help="print what the sweep would run and exit (no Ray, nothing written)")
     p_sweep.add_argument("--resume", metavar="DIR", help="continue the interrupted sweep in DIR")
     p_sweep.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p_sweep.add_argument("--no-wandb", action="store_true", help="do not log trials to W&B")
-    p_report = sub.add_parser("report", help="write the ablation report of a sweep directory")
+    p_report = subs["report"]
     p_report.add_argument("sweep_dir")
     p_report.add_argument("--out", default=None, help="output directory (default: the sweep directory)")
     p_report.add_argument("--wandb", action="store_true", help="also log the report to a W&B run")
-    args = parser.parse_args(argv)
+    return parser, subs
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``vldistill VERB ...``; flags may sit anywhere among the ``key=value`` tokens
+    (``parse_intermixed_args`` per verb: argparse refuses it on a parser with subcommands)."""
+    parser, subs = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    at = next((i for i, tok in enumerate(argv) if not tok.startswith("-")), None)
+    if at is None or argv[at] not in subs or at > 0:
+        return parser.parse_args(argv)  # --help, no verb, an unknown verb: argparse's answer
+    args = subs[argv[at]].parse_intermixed_args(argv[at + 1:])
+    args.verb = argv[at]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("vldistill").setLevel(logging.INFO)
@@ -244,13 +318,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.verb == "sweep":
             from vldistill.platform.sweep import SweepError
             errors += (SweepError,)
-            sweep_dir = cmd_sweep(args.tokens, args.resume, args.address, not args.no_wandb)
+            sweep_dir = cmd_sweep(args.tokens, args.resume, args.address, not args.no_wandb, args.plan)
+            if sweep_dir is None:  # --plan: nothing ran
+                return 0
             from vldistill.platform.sweep import read_rows
             code, line = sweep_outcome(read_rows(sweep_dir))
             print(f"vldistill: {line}", file=sys.stderr)
             return code
         elif args.verb == "report":
             return cmd_report(args.sweep_dir, args.out, args.wandb)
+        elif args.verb == "spaces":
+            cmd_spaces()
     except errors as e:
         print(f"vldistill: error: {e}", file=sys.stderr)
         return 2

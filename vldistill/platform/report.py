@@ -15,6 +15,7 @@ with reasons and counted in the compute hours. Accuracies are maximised.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -813,40 +814,62 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *,
 
 
 def log_to_wandb(sw: Sweep, sections: list[Section], out: Path) -> str | None:
-    """Log every report table and plot to one W&B run; returns its directory or None.
+    """Log every report table and plot to one W&B run in the sweep's group; returns its
+    directory, or None when W&B is missing or fails (a warning: the report is on disk).
 
-    Offline unless the user's ``WANDB_MODE`` says otherwise; run files go to ``WANDB_DIR`` or
-    ``out``. Only report content is logged (no environment, no config secrets).
+    The group is the sweep's own (``wandb_logger.sweep_group``: kept in the sweep directory,
+    so a resumed sweep's summary lands beside the first); the mode is the trials' mode
+    (``wandb_logger.wandb_mode``: offline unless ``WANDB_MODE=online`` with a key); run files
+    go to ``WANDB_DIR`` or ``out``. Only report content is logged (no environment, no
+    config secrets).
     """
     try:
         import wandb
     except ImportError:
         log.warning("wandb is not installed: the report is not logged to W&B")
         return None
-    mode = None if os.environ.get("WANDB_MODE") else "offline"
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "vldistill"), name=f"{sw.name}-report",
-                     group=sw.name, job_type="report", mode=mode,
-                     dir=os.environ.get("WANDB_DIR") or str(out),
-                     config={"sweep": sw.name, "objective": [m for m, _ in sw.objectives],
-                             "factors": [f.key for f in sw.factors]},
-                     settings=wandb.Settings(console="off", silent=True, x_disable_stats=True,
-                                             save_code=False, disable_git=True))
+    from vldistill.platform.wandb_logger import sweep_group, wandb_mode
+
     try:
-        for sec in sections:
-            for t in sec.tables:
-                if len(t.frame):
-                    run.log({f"report/{t.slug}": wandb.Table(dataframe=t.frame.astype(str))})
-            for caption, path in sec.plots:
-                run.log({f"plots/{path.stem}": wandb.Image(str(path), caption=caption)})
-        trials = trials_csv_frame(sw)
-        run.log({"report/trials": wandb.Table(dataframe=trials.astype(str))})
-        for m in sw.metrics:
-            best = _best_config(sw, m)
-            if best is not None:
-                run.summary[f"best/{m}"] = float(sw.configs.set_index("config").loc[best, m])
+        group = sweep_group(sw.dir, sw.name)
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "vldistill"), name=f"{sw.name}-report",
+                         group=group, job_type="report", mode=wandb_mode(),
+                         dir=os.environ.get("WANDB_DIR") or str(out), reinit="create_new",
+                         config={"sweep": sw.name, "objective": [m for m, _ in sw.objectives],
+                                 "factors": [f.key for f in sw.factors]},
+                         settings=wandb.Settings(console="off", silent=True, x_disable_stats=True,
+                                                 save_code=False, disable_git=True))
+    except Exception as e:  # noqa: BLE001  (W&B is a view of the report, never its record)
+        log.warning("W&B: the report run could not start (%s: %s); the report is on disk",
+                    type(e).__name__, str(e)[:300])
+        return None
+    try:
+        _log_report(run, sw, sections)
         return str(Path(run.dir).parent)
+    except Exception as e:  # noqa: BLE001
+        log.warning("W&B: logging the report failed (%s: %s); the report is on disk",
+                    type(e).__name__, str(e)[:300])
+        return None
     finally:
-        run.finish()
+        with contextlib.suppress(Exception):
+            run.finish()
+
+
+def _log_report(run, sw: Sweep, sections: list[Section]) -> None:
+    import wandb
+
+    for sec in sections:
+        for t in sec.tables:
+            if len(t.frame):
+                run.log({f"report/{t.slug}": wandb.Table(dataframe=t.frame.astype(str))})
+        for caption, path in sec.plots:
+            run.log({f"plots/{path.stem}": wandb.Image(str(path), caption=caption)})
+    trials = trials_csv_frame(sw)
+    run.log({"report/trials": wandb.Table(dataframe=trials.astype(str))})
+    for m in sw.metrics:
+        best = _best_config(sw, m)
+        if best is not None:
+            run.summary[f"best/{m}"] = float(sw.configs.set_index("config").loc[best, m])
 
 
 def report_main(sweep_dir: str, out_dir: str | None, wandb: bool) -> int:

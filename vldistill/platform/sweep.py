@@ -450,9 +450,9 @@ def _init_ray(address: str | None, driver_cpu: float = 0.0) -> bool:
 def _wandb_callback(sweep_dir: Path, name: str, enabled: bool) -> list:
     if not enabled:
         return []
-    from vldistill.platform.wandb_logger import make_callback
+    from vldistill.platform.wandb_logger import make_callback, sweep_group
 
-    cb = make_callback(sweep_dir, name)
+    cb = make_callback(sweep_dir, sweep_group(sweep_dir, name))
     return [cb] if cb is not None else []
 
 
@@ -501,12 +501,51 @@ def _check_asha_eval(space, base) -> None:
                          "reduction_factor must be a whole number (set eval.every in the overrides)")
 
 
+def load_space(space_ref: str | None):
+    """The search space a new sweep runs (``default`` when none is named)."""
+    from vldistill.search_spaces.loader import SearchSpaceError, load_search_space
+
+    try:
+        return load_search_space(space_ref or "default")
+    except SearchSpaceError as e:
+        raise SweepError(str(e)) from None
+
+
+def checked_base_config(space, overrides: Sequence[str] = ()):
+    """The base config of a new sweep (the space's overrides, then the user's), with the
+    space checked against it: the checks, and errors, of every new sweep and of ``--plan``."""
+    from vldistill.platform.cli import load_train_config
+    from vldistill.search_spaces.loader import SearchSpaceError, validate_search_space
+    from vldistill.trainers.config import to_dict
+
+    base = load_train_config([*space.overrides, *overrides])
+    try:
+        validate_search_space(space, to_dict(base))
+    except SearchSpaceError as e:
+        raise SweepError(str(e)) from None
+    _check_asha_eval(space, base)
+    return base
+
+
+def with_teacher_resources(space, teacher_res: dict):
+    """``space`` with the command line's ``teacher_resources.<key>=...`` winning over its own."""
+    if not teacher_res:
+        return space
+    from dataclasses import replace as _replace
+
+    from vldistill.search_spaces.loader import SearchSpaceError, _Err, parse_teacher_resources
+    merged = {**space.teacher_resources, **teacher_res}
+    try:
+        parse_teacher_resources(_Err(space.source or space.name), merged)
+    except SearchSpaceError as e:
+        raise SweepError(str(e)) from None
+    return _replace(space, teacher_resources=merged)
+
+
 def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str | None = None,
               resume: str | None = None, address: str | None = None, wandb: bool = True) -> Path:
     """Run (or resume) a sweep and return its directory."""
-    from vldistill.platform.cli import load_train_config
-    from vldistill.search_spaces.loader import (SearchSpaceError, flatten, load_search_space,
-                                                validate_search_space)
+    from vldistill.search_spaces.loader import flatten, load_search_space
     from vldistill.trainers.config import from_dict, to_dict
     from vldistill.trainers.storage import is_uri, push_files
     from vldistill.trainers.strict_files import read_yaml
@@ -530,10 +569,7 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
         space = load_search_space(str(sweep_dir / "search_space.yaml"))
         base = from_dict(read_yaml(sweep_dir / "base_config.yaml"))  # refuses repeated keys
     else:
-        try:
-            space = load_search_space(space_ref or "default")
-        except SearchSpaceError as e:
-            raise SweepError(str(e)) from None
+        space = load_space(space_ref)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         if out_dir and is_uri(out_dir):
             remote, sweep_dir = _open_remote(out_dir, "out_dir")
@@ -543,21 +579,8 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
             shutil.rmtree(sweep_dir, ignore_errors=True)  # a stale copy of an abandoned start
         else:
             sweep_dir = Path(out_dir or Path("runs") / "sweeps" / f"{space.name}-{stamp}").expanduser().resolve()
-        base = load_train_config([*space.overrides, *overrides])
-        try:
-            validate_search_space(space, to_dict(base))
-        except SearchSpaceError as e:
-            raise SweepError(str(e)) from None
-        _check_asha_eval(space, base)
-        if teacher_res:  # the command line's teacher_resources.<key>=... win over the space's
-            from dataclasses import replace as _replace
-            from vldistill.search_spaces.loader import _Err, parse_teacher_resources
-            merged = {**space.teacher_resources, **teacher_res}
-            try:
-                parse_teacher_resources(_Err(space.source or space.name), merged)
-            except SearchSpaceError as e:
-                raise SweepError(str(e)) from None
-            space = _replace(space, teacher_resources=merged)
+        base = checked_base_config(space, overrides)
+        space = with_teacher_resources(space, teacher_res)
         _Lock.check_free(sweep_dir)
         if (sweep_dir / ROWS).exists() or (sweep_dir / TUNE_DIR).exists():
             raise SweepError(f"{sweep_dir} already holds a sweep; use --resume {sweep_dir} or another out_dir")
@@ -587,7 +610,7 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
         # A local Ray this sweep started stops while the report is built (~1 s each, side
         # by side); a cluster it joined, or a Ray the caller started, is left running.
         stopping = _stop_ray_in_background() if started else None
-        _maybe_report(sweep_dir)
+        _maybe_report(sweep_dir, wandb)  # with W&B: the report's tables and plots as a run too
         if stopping is not None:
             stopping.join()
         if remote is not None:
@@ -723,13 +746,13 @@ def _write_summary(sweep_dir: Path, space, assets: list[dict] | None = None) -> 
     log.info("sweep %s: %d trials %s; results in %s", space.name, len(rows), counts, sweep_dir)
 
 
-def _maybe_report(sweep_dir: Path) -> None:
+def _maybe_report(sweep_dir: Path, wandb: bool = False) -> None:
     try:
         from vldistill.platform.report import build_report
     except ImportError:
         return
     try:
-        paths = build_report(sweep_dir)
+        paths = build_report(sweep_dir, wandb_run=wandb)
         log.info("report: %s", paths.get("report.md", sweep_dir / "report.md"))
     except Exception as e:  # the sweep's results are safe on disk; the report can be re-run
         log.warning("report failed (%s); re-run with: vldistill report %s", e, sweep_dir)

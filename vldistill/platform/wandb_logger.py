@@ -1,5 +1,11 @@
 """W&B: one run per trial, grouped by sweep, logged from the sweep driver.
 
+Group: one per sweep directory, ``<space name>-<date>-<time>-<4 hex>``, made when the
+sweep starts and kept in ``<sweep_dir>/wandb_group`` so that ``--resume`` (and ``vldistill
+report --wandb``) log into the same group. Two sweeps of one space never share a group.
+At the end of every sweep (and of every ``--resume``) the report's tables and plots go to
+one more run of that group, ``job_type="report"`` (``report.log_to_wandb``).
+
 Why not Ray's ``WandbLoggerCallback``: it starts two Ray actors (a queue and a logger
 process) per trial and blocks the Tune loop while they boot -- 20 s per trial measured on
 2 busy cores. Here the driver process holds one W&B run per live trial
@@ -15,8 +21,10 @@ any config, row or report, and W&B reads it from its own environment.
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +40,21 @@ def wandb_mode() -> str:
         log.warning("WANDB_MODE=online but no W&B key is configured: logging offline")
         return "offline"
     return mode if mode in ("online", "offline", "disabled") else "offline"
+
+
+GROUP_FILE = "wandb_group"
+
+
+def sweep_group(sweep_dir: str | os.PathLike, name: str) -> str:
+    """The W&B group of the sweep in ``sweep_dir``: read from its ``wandb_group`` file, or
+    made (``name-YYYYmmdd-HHMMSS-xxxx``) and written there the first time."""
+    path = Path(sweep_dir) / GROUP_FILE
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    group = f"{name}-{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(group + "\n")
+    return group
 
 
 def numeric(row: dict) -> dict[str, float]:

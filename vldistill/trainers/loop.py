@@ -50,6 +50,7 @@ from vldistill.trainers.data.folder import UnlabelledImages
 from vldistill.trainers.data.views import make_views, view_seed
 from vldistill.trainers.evaluation import evaluate, final_metrics, student_cost
 from vldistill.trainers.losses import WeightedLoss
+from vldistill.trainers.progress import epoch_steps
 from vldistill.trainers.students import build_student
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(n_train, generator=gen)
         sums: dict[str, float] = {}
-        for i in range(steps_per_epoch):
+        for i in epoch_steps(steps_per_epoch, epoch + 1, o.epochs, cfg.progress and dist.main):
             step = epoch * steps_per_epoch + i
             idx = order[i * o.batch_size:(i + 1) * o.batch_size][dist.rank * local_bs:(dist.rank + 1) * local_bs]
             view = epoch % views if views else epoch

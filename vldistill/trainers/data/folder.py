@@ -204,6 +204,28 @@ def _cap(paths: list[Path], n: int) -> list[Path]:
     return paths if n <= 0 else paths[:n]
 
 
+def split_paths(info: DatasetInfo, train_fraction: float, images_per_class: int, split_seed: int,
+                max_eval_per_class: int = 0) -> tuple[list[Path], list[int], list[Path], list[int]]:
+    """Train and val image paths and labels of the base classes (no image is opened): a
+    seeded shuffle per class, ``split_seed``, then ``train_fraction`` of it for training."""
+    train_p, train_y, val_p, val_y = [], [], [], []
+    for k, cls in enumerate(info.base):
+        paths = list_images(info.root / info.train_domain / cls)
+        order = np.random.default_rng([split_seed, k]).permutation(len(paths))
+        paths = [paths[i] for i in order]
+        n_train = int(round(len(paths) * train_fraction))
+        if n_train < 1 or n_train >= len(paths):
+            raise DataError(f"class folder {info.root / info.train_domain / cls} has {len(paths)} images: "
+                            "too few to split into train and val")
+        tp = _cap(paths[:n_train], images_per_class)
+        vp = _cap(paths[n_train:], max_eval_per_class)
+        train_p += tp
+        train_y += [k] * len(tp)
+        val_p += vp
+        val_y += [k] * len(vp)
+    return train_p, train_y, val_p, val_y
+
+
 def build_splits(info: DatasetInfo, image_size: int, train_fraction: float,
                  images_per_class: int, split_seed: int, shift_domains: Sequence[str] | None,
                  max_eval_per_class: int = 0, progress: bool = True, load_train: bool = True) -> Splits:
@@ -219,21 +241,8 @@ def build_splits(info: DatasetInfo, image_size: int, train_fraction: float,
     for d in domains:
         if d not in info.domains:
             raise DataError(f"data.shift_domains: no folder {info.root / d} (domain folders: {info.domains})")
-    train_p, train_y, val_p, val_y = [], [], [], []
-    for k, cls in enumerate(info.base):
-        paths = list_images(info.root / train_domain / cls)
-        order = np.random.default_rng([split_seed, k]).permutation(len(paths))
-        paths = [paths[i] for i in order]
-        n_train = int(round(len(paths) * train_fraction))
-        if n_train < 1 or n_train >= len(paths):
-            raise DataError(f"class folder {info.root / train_domain / cls} has {len(paths)} images: "
-                            "too few to split into train and val")
-        tp = _cap(paths[:n_train], images_per_class)
-        vp = _cap(paths[n_train:], max_eval_per_class)
-        train_p += tp
-        train_y += [k] * len(tp)
-        val_p += vp
-        val_y += [k] * len(vp)
+    train_p, train_y, val_p, val_y = split_paths(info, train_fraction, images_per_class, split_seed,
+                                                 max_eval_per_class)
     novel_p, novel_y = [], []
     for k, cls in enumerate(info.novel):
         ps = _cap(list_images(info.root / train_domain / cls), max_eval_per_class)

@@ -16,7 +16,7 @@ Runner (used by the benchmarks, also handy by hand)::
     python benchmarks/_common.py loop CONFIGS.json TIMING.json
         ``trainers.loop.train`` on each flattened trial config, one after another;
     python benchmarks/_common.py prepare [overrides...]
-        the shared assets of a base config (``prepare_shared``), before any side is timed.
+        the shared assets of a base config (``trainers.assets``, no Ray), before any side is timed.
 """
 
 from __future__ import annotations
@@ -228,10 +228,11 @@ def _child_sweep(space_yaml: str, out_dir: str, timing_path: str, overrides: lis
     timing: dict[str, float] = {"import_seconds": time.perf_counter() - t_import}
     inner = sweep.prepare_shared
 
-    def timed_prepare(cfg):  # the shared step (world, teacher, metrics, teacher cache)
+    def timed_prepare(cfg, *args):  # the shared step (world, teacher, metrics, teacher cache)
         t = time.perf_counter()
-        inner(cfg)
+        out = inner(cfg, *args)
         timing["prepare_seconds"] = time.perf_counter() - t
+        return out
 
     sweep.prepare_shared = timed_prepare
     t = time.perf_counter()
@@ -276,9 +277,12 @@ def _child_prepare(overrides: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("vldistill").setLevel(logging.INFO)
     from vldistill.platform.cli import load_train_config
-    from vldistill.platform.sweep import prepare_shared
+    from vldistill.trainers.assets import needs_view_cache, prepare, view_cache
 
-    prepare_shared(load_train_config(overrides))
+    cfg = load_train_config(overrides)  # every shared asset, built here (no Ray), as `vldistill train` does
+    splits, teacher, _, _ = prepare(cfg, build=True)
+    if needs_view_cache(cfg):
+        view_cache(teacher, splits, cfg, build=True)
 
 
 if __name__ == "__main__":

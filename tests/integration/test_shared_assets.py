@@ -33,10 +33,12 @@ OVERRIDES = ["experiment=smoke", "augment.views=2", "teacher=open_clip", "teache
              "teacher.pretrained=null", "data.max_eval_per_class=2", "optim.epochs=1"]
 
 DRIVER = textwrap.dedent("""
-    import glob, json, os, signal, sys, threading, time
+    import glob, json, logging, os, signal, sys, threading, time
     import ray
     from ray.cluster_utils import Cluster
 
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("vldistill").setLevel(logging.INFO)  # the driver's progress lines, as the CLI logs them
     out, cache, info = sys.argv[1:4]
     overrides = json.loads(sys.argv[4])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})

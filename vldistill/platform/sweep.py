@@ -482,10 +482,13 @@ def _split_teacher_resources(overrides: Sequence[str]) -> tuple[list[str], dict]
     return rest, res
 
 
-def _check_data_before_ray(cfg) -> None:
-    """A folder dataset's ``classes.json`` and class folders, read here (cheap) so that a
-    wrong ``data.root`` is a named error before Ray starts. Images are decoded later, by
-    the shared-asset task (a corrupt one is a named error there, before any trial)."""
+def _check_files_before_ray(cfg) -> None:
+    """A teacher checkpoint that cannot load safely, and a folder dataset's ``classes.json``
+    and class folders, checked here (cheap) so that they are named errors before Ray starts.
+    Images are decoded later, by the shared-asset task (a corrupt one is a named error
+    there, before any trial)."""
+    from vldistill.trainers.assets import check_teacher_checkpoint
+    check_teacher_checkpoint(cfg)
     if cfg.data.source == "folder":
         from vldistill.trainers.data.folder import read_dataset
         read_dataset(cfg.data.root, cfg.data.train_domain)
@@ -584,7 +587,7 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
         _Lock.check_free(sweep_dir)
         if (sweep_dir / ROWS).exists() or (sweep_dir / TUNE_DIR).exists():
             raise SweepError(f"{sweep_dir} already holds a sweep; use --resume {sweep_dir} or another out_dir")
-    _check_data_before_ray(base)
+    _check_files_before_ray(base)
     # Ray first, then the shared assets on the cluster: a teacher checkpoint that cannot load
     # (missing, pickled code) or a broken dataset fails there, before the sweep directory
     # gets a single file (the error is re-raised here, naming the file).

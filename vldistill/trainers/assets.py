@@ -102,6 +102,32 @@ def resolve_dataset(cfg: TrainConfig, progress: bool = True, build: bool = True)
     return read_dataset(root, cfg.data.train_domain)
 
 
+def check_teacher_checkpoint(cfg: TrainConfig) -> None:
+    """A ``teacher.pretrained`` checkpoint file opens with ``weights_only=True`` -- checked
+    by the sweep driver before Ray starts, memory-mapped (tensors are not read into RAM: a
+    ViT-L/14 file is 1.7 GB) and without building any model. ``.safetensors`` carry no code."""
+    t = cfg.teacher
+    if t.name == "embedded" or not t.pretrained or t.pretrained.endswith(".safetensors"):
+        return
+    path = Path(t.pretrained).expanduser()
+    if not (os.sep in t.pretrained or path.suffix in (".pt", ".pth", ".bin", ".ckpt")):
+        return  # an open_clip tag, resolved on the workers
+    if not path.is_file():
+        raise ConfigError(f"teacher.pretrained: checkpoint file not found: {path}")
+    try:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # a legacy (non-zip) file cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise ConfigError(f"teacher.pretrained: {path} needs pickled code to load and is refused "
+                              "(torch.load weights_only=True); save a plain state_dict") from None
+        raise ConfigError(f"teacher.pretrained: cannot read {path}: {e}") from None
+
+
 def teacher_placement(cfg: TrainConfig) -> tuple[torch.device, bool]:
     """``(device, bf16)`` for the teacher's forwards: ``device=auto`` takes CUDA when this
     process sees a GPU (a Ray actor with ``num_gpus`` does); bf16 autocast only on CUDA."""

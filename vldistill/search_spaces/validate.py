@@ -209,6 +209,8 @@ def validate_search_space(space: SearchSpace, base_config: dict) -> None:
         raise SearchSpaceError(f"{src}: the base config (overrides {list(space.overrides)}) is "
                                f"invalid: {e}") from None
     check_conditions(space.params, src)
+    if space.design is not None:
+        _check_design(space.design, base_config, src)
     for key, p in space.params.items():
         where = f"{src}: params.{key}"
         if key in RESERVED:
@@ -220,6 +222,17 @@ def validate_search_space(space: SearchSpace, base_config: dict) -> None:
             _check_config(base_config, {**fixed, key: value}, f"{where}: value {value!r}")
     _check_combinations(space, base_config, src)
     _check_budget(space, base_config, src)
+
+
+def _check_design(design: Any, base_config: dict, src: str) -> None:
+    """Every key a design sets is a config path; every point composes into a valid config."""
+    for key in design.keys:
+        where = f"{src}: design: {key}"
+        if key in RESERVED:
+            raise SearchSpaceError(f"{where}: cannot be set: {RESERVED[key]}")
+        _check_path(key, where)
+    for point in design.points:
+        _check_config(base_config, point.assignment, f"{src}: design point {point.name!r}")
 
 
 def _check_budget(space: SearchSpace, base_config: dict, src: str) -> None:

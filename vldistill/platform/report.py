@@ -42,7 +42,7 @@ COSTS = ("student_params", "student_flops", "student_latency_ms")
 NON_METRIC_PREFIXES = ("teacher/", "chance/", "floor/", "n/")
 MAIN_METRICS = ("novel_acc", "shift_acc", "hmean", "base_acc")
 STATUS_ORDER = ("completed", "pruned", "failed")
-PLOT_NAMES = ("importance", "pareto", "interaction_top", "representation")
+PLOT_NAMES = ("effects", "importance", "pareto", "interaction_top", "representation")
 
 
 class ReportError(Exception):
@@ -170,6 +170,7 @@ def _flatten(row: dict) -> dict:
     flat.update({f"param:{k}": v for k, v in (row.get("params") or {}).items()})
     flat.update({f"metric:{k}": v for k, v in (row.get("metrics") or {}).items()})
     flat["planned_epochs"] = (row.get("config") or {}).get("optim.epochs")
+    flat["design_point"] = row.get("design_point")
     return flat
 
 
@@ -761,7 +762,9 @@ def trials_csv_frame(sw: Sweep) -> pd.DataFrame:
 
 
 def build_sections(sw: Sweep, plots: Path, levels_rows: list[dict]) -> list[Section]:
-    return [section_headline(sw), section_factors(sw, plots, levels_rows), section_loco(sw),
+    from vldistill.platform.report_decisions import section_comparisons
+
+    return [section_comparisons(sw, plots), section_headline(sw), section_factors(sw, plots, levels_rows), section_loco(sw),
             section_importance(sw, plots), section_pareto(sw, plots), section_interactions(sw, plots),
             section_trials(sw, sw.primary[0]), section_representation(sw, plots), section_configs(sw)]
 

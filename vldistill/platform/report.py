@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 CATEGORICAL = ("choice", "grid")
 NUMERIC = ("uniform", "loguniform", "int", "randint", "quniform", "qloguniform", "lograndint")
 REPR_METRICS = ("M_rel", "M_neigh", "M_vlalign")
-COSTS = ("student_params", "student_flops", "student_latency_ms")
+COSTS = ("student_params", "student_flops", "student_latency_ms", "student_latency_ms_b8")
 NON_METRIC_PREFIXES = ("teacher/", "chance/", "floor/", "n/")
 MAIN_METRICS = ("novel_acc", "shift_acc", "hmean", "base_acc")
 STATUS_ORDER = ("completed", "pruned", "failed")
@@ -611,13 +611,27 @@ def section_pareto(sw: Sweep, plots: Path) -> Section:
         sec.text.append("No accuracy or cost metric recorded: no front.")
         return sec
     rows, panels = [], []
-    for m in objs:
-        for c in costs:
-            front = rs.pareto_front(sw.configs, m, c)
-            panels.append((m, c, sw.configs, front))
-            rows += [{"accuracy": m, "cost": c, "config": r["config"], "mean": fnum(r[m]),
-                      "trials": int(r["n"]), "cost value": fcost(c, r[c]), "configuration": r["label"]}
-                     for _, r in front.iterrows()]
+    pairs = [(m, c) for m in objs for c in costs]
+    configs = sw.configs
+    if len(sw.objectives) > 1 and all(m in configs for m, _ in sw.objectives[:2]):
+        (m, mode), (c, cmode) = sw.objectives[:2]  # multi-objective: the space's own front
+        configs = configs.copy()
+        if cmode == "max":  # pareto_front minimises the second axis
+            configs[c] = -configs[c]
+        if mode == "min":
+            configs[m] = -configs[m]
+        pairs = [(m, c)]
+        sec.text.append(f"Multi-objective space: the front of its objectives {m} ({mode}) and "
+                        f"{c} ({cmode}; plotted with the sign that makes lower better).")
+    sec.text.append("Latency is measured once per architecture and device type (trainers/"
+                    "evaluation.py, `cached_latency`), so configurations of one architecture "
+                    "share one value and are never split by timing noise.")
+    for m, c in pairs:
+        front = rs.pareto_front(configs, m, c)
+        panels.append((m, c, configs, front))
+        rows += [{"accuracy": m, "cost": c, "config": r["config"], "mean": fnum(r[m]),
+                  "trials": int(r["n"]), "cost value": fcost(c, r[c]), "configuration": r["label"]}
+                 for _, r in front.iterrows()]
     sec.tables.append(Table("pareto", "Pareto-optimal configurations", pd.DataFrame(rows)))
     path = plots / "pareto.png"
     rh.plot_pareto(path, panels)

@@ -64,7 +64,8 @@ PLACEMENTS = ("pack", "spread", "strict_pack", "strict_spread")
 KNOWN_METRICS = ("base_acc", "novel_acc", "hmean", "shift_acc", "shift_acc/<domain>",
                  "novel_acc/<kind>", "fewshot_novel_acc", "linear_probe_acc", "M_rel", "M_neigh",
                  "M_vlalign", "M_<rel|neigh|vlalign>/<base|novel>", "novel_acc_<k>shot",
-                 "synthetic/<stat>", "student_params", "student_flops", "student_latency_ms", "loss")
+                 "synthetic/<stat>", "student_params", "student_flops", "student_latency_ms",
+                 "student_latency_ms_b8", "loss")
 _METRIC_RE = re.compile(r"(" + "|".join(m for m in KNOWN_METRICS if "<" not in m)
                         + r"|shift_acc/[\w.-]+|novel_acc/[\w.-]+|novel_acc_\d+shot"
                         + r"|M_(?:rel|neigh|vlalign)/(?:base|novel)|synthetic/[\w.-]+)")

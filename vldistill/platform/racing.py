@@ -19,7 +19,8 @@ The method (docs/report.md, "Racing"):
   depend on the noise's mean or variance), so ``a`` is the alpha-quantile of
   ``min_n p_n`` over simulated standard-normal paths (:func:`nominal_level`; 20,000 paths,
   seeded, cached). Fewer looks (a failed trial, a decided comparison) only lower the error.
-- *Across comparisons:* Holm at every look: the undecided comparisons, ordered by |t|, get
+- *Across comparisons:* Holm at every look: the undecided comparisons, ordered by how far
+  their mean lies beyond the margin in standard errors ((|mean| - margin)/se), get
   ``alpha/m, alpha/(m-1), ...`` while each decides; the first that does not stops the steps
   (the rest keep that step's level for their interval).
 - *Decision:* better when the interval is above ``+margin``, worse when below ``-margin``,
@@ -119,9 +120,10 @@ def decide(low: float, high: float, margin: float) -> str:
     return "undecided"
 
 
-def _t(d: list[float]) -> float:
+def _t(d: list[float], margin: float = 0.0) -> float:
+    """Distance of the mean beyond the margin, in standard errors (the Holm order)."""
     sd = float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
-    return abs(float(np.mean(d))) / sd * math.sqrt(len(d)) if sd > 0 else math.inf
+    return (abs(float(np.mean(d))) - margin) / sd * math.sqrt(len(d)) if sd > 0 else math.inf
 
 
 def race(values: Mapping[str, Mapping[int, float]], comparisons: Iterable, n_min: int, n_max: int,
@@ -139,7 +141,7 @@ def race(values: Mapping[str, Mapping[int, float]], comparisons: Iterable, n_min
     for n in range(max(n_min, 2), n_max + 1):
         open_ = [c for c in comps if c.name not in out or out[c.name].decision == "undecided"]
         ready = [c for c in open_ if len(diffs[c.name]) >= n]
-        ready.sort(key=lambda c: -_t(list(diffs[c.name].values())[:n]))
+        ready.sort(key=lambda c: -_t(list(diffs[c.name].values())[:n], margin))
         stopped = False
         for j, c in enumerate(ready):
             d = list(diffs[c.name].values())[:n]

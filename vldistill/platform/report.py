@@ -40,11 +40,11 @@ log = logging.getLogger(__name__)
 CATEGORICAL = ("choice", "grid")
 NUMERIC = ("uniform", "loguniform", "int", "randint", "quniform", "qloguniform", "lograndint")
 REPR_METRICS = ("M_rel", "M_neigh", "M_vlalign")
-COSTS = ("student_params", "student_flops", "student_latency_ms")
+COSTS = ("student_params", "student_flops", "student_latency_ms", "student_latency_ms_b8")
 NON_METRIC_PREFIXES = ("teacher/", "chance/", "floor/", "n/")
 MAIN_METRICS = ("novel_acc", "shift_acc", "hmean", "base_acc")
 STATUS_ORDER = ("completed", "pruned", "failed")
-PLOT_NAMES = ("importance", "pareto", "interaction_top", "representation")
+PLOT_NAMES = ("effects", "importance", "pareto", "interaction_top", "representation")
 
 
 class ReportError(Exception):
@@ -172,6 +172,7 @@ def _flatten(row: dict) -> dict:
     flat.update({f"param:{k}": v for k, v in (row.get("params") or {}).items()})
     flat.update({f"metric:{k}": v for k, v in (row.get("metrics") or {}).items()})
     flat["planned_epochs"] = (row.get("config") or {}).get("optim.epochs")
+    flat["design_point"] = row.get("design_point")
     return flat
 
 
@@ -614,13 +615,27 @@ def section_pareto(sw: Sweep, plots: Path) -> Section:
         sec.text.append("No accuracy or cost metric recorded: no front.")
         return sec
     rows, panels = [], []
-    for m in objs:
-        for c in costs:
-            front = rs.pareto_front(sw.configs, m, c)
-            panels.append((m, c, sw.configs, front))
-            rows += [{"accuracy": m, "cost": c, "config": r["config"], "mean": fnum(r[m]),
-                      "trials": int(r["n"]), "cost value": fcost(c, r[c]), "configuration": r["label"]}
-                     for _, r in front.iterrows()]
+    pairs = [(m, c) for m in objs for c in costs]
+    configs = sw.configs
+    if len(sw.objectives) > 1 and all(m in configs for m, _ in sw.objectives[:2]):
+        (m, mode), (c, cmode) = sw.objectives[:2]  # multi-objective: the space's own front
+        configs = configs.copy()
+        if cmode == "max":  # pareto_front minimises the second axis
+            configs[c] = -configs[c]
+        if mode == "min":
+            configs[m] = -configs[m]
+        pairs = [(m, c)]
+        sec.text.append(f"Multi-objective space: the front of its objectives {m} ({mode}) and "
+                        f"{c} ({cmode}; plotted with the sign that makes lower better).")
+    sec.text.append("Latency is measured once per architecture and device type (trainers/"
+                    "evaluation.py, `cached_latency`), so configurations of one architecture "
+                    "share one value and are never split by timing noise.")
+    for m, c in pairs:
+        front = rs.pareto_front(configs, m, c)
+        panels.append((m, c, configs, front))
+        rows += [{"accuracy": m, "cost": c, "config": r["config"], "mean": fnum(r[m]),
+                  "trials": int(r["n"]), "cost value": fcost(c, r[c]), "configuration": r["label"]}
+                 for _, r in front.iterrows()]
     sec.tables.append(Table("pareto", "Pareto-optimal configurations", pd.DataFrame(rows)))
     path = plots / "pareto.png"
     rh.plot_pareto(path, panels)
@@ -765,7 +780,9 @@ def trials_csv_frame(sw: Sweep) -> pd.DataFrame:
 
 
 def build_sections(sw: Sweep, plots: Path, levels_rows: list[dict]) -> list[Section]:
-    return [section_headline(sw), section_factors(sw, plots, levels_rows), section_loco(sw),
+    from vldistill.platform.report_decisions import section_comparisons
+
+    return [section_comparisons(sw, plots), section_headline(sw), section_factors(sw, plots, levels_rows), section_loco(sw),
             section_importance(sw, plots), section_pareto(sw, plots), section_interactions(sw, plots),
             section_trials(sw, sw.primary[0]), section_representation(sw, plots), section_configs(sw)]
 

@@ -13,6 +13,14 @@ told its outcome once all its seeds have finished:
 
 Whether a stop was early is read from the trial's own last result, so nothing has to be
 shared with the scheduler and the rule survives ``Tuner.restore`` unchanged.
+
+Racing (``seeds: {min, max, margin}``, docs/sweeps.md "Racing"): the searcher first hands
+out every configuration of the finite space with ``min`` seeds; when every trial handed out
+has finished, it replays the decisions (``platform/racing.py``) and queues one more seed for
+each configuration of a still-undecided comparison (below ``max``), or ends the race. Only
+then is every Optuna trial told: COMPLETE with the mean over the seeds its configuration
+took (FAIL when none completed). While a round runs and nothing is queued, ``suggest``
+returns ``None`` (Tune asks again later); once the race is over, ``Searcher.FINISHED``.
 """
 
 from __future__ import annotations
@@ -46,8 +54,11 @@ def was_stopped_early(result: dict | None) -> bool:
     return int(result["epoch"]) < int(result["epochs"])
 
 
+DESIGN_KEY = "__design__"  # trial config entry: the design point's name (not a config key)
+
+
 class SeededOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` + repeats over seeds + honest PRUNED/FAIL states."""
+    """``OptunaSearch`` + repeats over seeds (fixed or raced) + honest PRUNED/FAIL states."""
 
     def __init__(self, *args: Any, seeds: tuple[int, ...] = (0,), search_space: Any = None,
                  **kwargs: Any):
@@ -57,21 +68,95 @@ class SeededOptunaSearch(OptunaSearch):
         self._pending: list[tuple[str, int, dict]] = []  # (group id, seed index, params)
         self._group_of: dict[str, str] = {}  # tune trial id -> group id (first trial's id)
         self._outcomes: dict[str, dict[str, tuple[dict | None, bool]]] = {}
+        self._racing = getattr(search_space, "racing", None)
+        self._race: dict[str, Any] = {"asked": 0, "handed": {}, "config": {}, "params": {},
+                                      "seed_of": {}, "over": False}
 
     def suggest(self, trial_id: str) -> dict | None:
+        if self._racing is not None:
+            return self._race_suggest(trial_id)
         if self._pending:
             gid, idx, params = self._pending.pop(0)
         else:
             params = super().suggest(trial_id)
             if params is None:
                 return None
-            if self._vl_space is not None:
-                from vldistill.search_spaces.loader import decode_params
-                params = decode_params(self._vl_space, params)
+            params = self._decode(params)
             gid, idx = trial_id, 0
             self._pending += [(gid, i, dict(params)) for i in range(1, len(self._seeds))]
         self._group_of[trial_id] = gid
         return {**params, "seed": self._seeds[idx]}
+
+    def _decode(self, params: dict) -> dict:
+        if self._vl_space is None:
+            return params
+        from vldistill.search_spaces.loader import decode_params
+        from vldistill.search_spaces.spec import DESIGN_PARAM
+
+        point = params.get(DESIGN_PARAM) if self._vl_space.design is not None else None
+        params = decode_params(self._vl_space, params)
+        return {**params, DESIGN_KEY: point} if point is not None else params
+
+    # ----- racing: rounds of seeds for the configurations of undecided comparisons -----
+
+    def _race_suggest(self, trial_id: str) -> dict | str | None:
+        from vldistill.search_spaces.designs import config_key, space_points
+
+        race = self._race
+        if race["over"]:
+            return self.FINISHED
+        if not self._pending and race["asked"] < self._vl_space.grid_size():
+            params = super().suggest(trial_id)
+            if params is None:
+                return None
+            params = self._decode(params)
+            names = {config_key(p.assignment): p.name for p in space_points(self._vl_space)}
+            plain = {k: v for k, v in params.items() if k != DESIGN_KEY}
+            race["config"][trial_id] = params.get(DESIGN_KEY) or names[config_key(plain)]
+            race["params"][trial_id] = dict(params)
+            race["asked"] += 1
+            self._pending.insert(0, (trial_id, 0, dict(params)))
+            self._pending += [(trial_id, i, dict(params)) for i in range(1, self._racing.min)]
+        if not self._pending:
+            return None  # a round is running: ask again once it is done
+        gid, idx, params = self._pending.pop(0)
+        self._group_of[trial_id] = gid
+        race["handed"][gid] = race["handed"].get(gid, 0) + 1
+        race["seed_of"][trial_id] = self._seeds[idx]
+        return {**params, "seed": self._seeds[idx]}
+
+    def race_values(self) -> dict[str, dict[int, float]]:
+        """``{config name: {seed: value of the first metric}}`` of the completed trials."""
+        metric = self.metric[0] if isinstance(self.metric, list) else self.metric
+        out: dict[str, dict[int, float]] = {}
+        for gid, group in self._outcomes.items():
+            vals = out.setdefault(self._race["config"][gid], {})
+            for tid, (res, err) in group.items():
+                if not err and res and not res.get("trial_error") and metric in res:
+                    vals[self._race["seed_of"][tid]] = float(res[metric])
+        return out
+
+    def _next_round(self) -> None:
+        """Every trial handed out has finished: queue the next round, or end the race."""
+        from vldistill.platform.racing import race, to_extend
+        from vldistill.search_spaces.designs import space_comparisons
+
+        r, space = self._racing, self._vl_space
+        comps = space_comparisons(space)
+        sign = -1.0 if space.modes[0] == "min" else 1.0
+        decisions = race(self.race_values(), comps, r.min, r.max, r.margin, r.alpha, sign)
+        gid_of = {name: gid for gid, name in self._race["config"].items()}
+        handed = {name: self._race["handed"].get(gid, 0) for name, gid in gid_of.items()}
+        extend = to_extend(decisions, comps, handed, r.max)
+        log.info("racing: %s; next round: %s", "; ".join(d.line() for d in decisions),
+                 ", ".join(extend) or "none (race over)")
+        for name in extend:
+            gid = gid_of[name]
+            self._pending.append((gid, handed[name], dict(self._race["params"][gid])))
+        if not extend:
+            self._race["over"] = True
+            for gid in gid_of.values():
+                self._tell(gid, force=True)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         gid = self._group_of.get(trial_id)
@@ -86,13 +171,27 @@ class SeededOptunaSearch(OptunaSearch):
             return
         group = self._outcomes.setdefault(gid, {})
         group[trial_id] = (result, error)
-        if len(group) < len(self._seeds):
+        if self._racing is not None:
+            done = sum(len(g) for g in self._outcomes.values())
+            if (not self._pending and done == sum(self._race["handed"].values())
+                    and self._race["asked"] >= self._vl_space.grid_size()):
+                self._next_round()
+            return
+        self._tell(gid)
+
+    def _tell(self, gid: str, force: bool = False) -> None:
+        """Tell Optuna the configuration's outcome once all its seeds have finished."""
+        group = self._outcomes.get(gid, {})
+        if gid in self._completed_trials or (not force and len(group) < len(self._seeds)):
             return
         ot_trial = self._ot_trials[gid]
         outcomes = list(group.values())
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if force:  # racing: the mean over the seeds that completed
+            outcomes = [(res, err) for res, err in outcomes
+                        if not err and res and not res.get("trial_error")]
         try:
-            if any(err or not res or res.get("trial_error") for res, err in outcomes):
+            if not outcomes or any(err or not res or res.get("trial_error") for res, err in outcomes):
                 self._ot_study.tell(ot_trial, None, state=TrialState.FAIL)
             elif any(was_stopped_early(res) for res, _ in outcomes):
                 self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)

@@ -278,6 +278,7 @@ def _callbacks_module():
             row = {"trial_id": trial.trial_id, "status": status, "error": error,
                    "params": {k: trial.config.get(k) for k in self.params},
                    "seed": trial.config.get("seed"), "config": dict(trial.config),
+                   "design_point": trial.config.get("__design__"),
                    "metrics": metrics, "epochs": int(result.get("epoch", 0)),
                    "planned_epochs": int(result.get("epochs", trial.config.get("optim.epochs", 0))),
                    "wall_seconds": float(result.get("time_total_s", 0.0)),
@@ -707,7 +708,8 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
             scheduler = FIFOScheduler()
         RowWriter = _callbacks_module()
         total = space.trial_count()
-        callbacks = [RowWriter(str(sweep_dir), list(space.params), {
+        row_params = list(space.params) or (space.design.keys if space.design is not None else [])
+        callbacks = [RowWriter(str(sweep_dir), row_params, {
             "cpu": space.resources.cpu, "gpu": space.resources.gpu, "workers": space.resources.workers},
             total, remote_uri)]
         callbacks += _wandb_callback(sweep_dir, space.name, wandb)

@@ -10,9 +10,11 @@ resources and Hydra overrides; see :mod:`~vldistill.search_spaces.loader` for th
 - ``validate.py``: paths, values and registry names checked against the typed config.
 - ``suggest.py``: Optuna define-by-run function, grid points/sampler, decoding of trial params.
 - ``samplers.py``: an ask-and-tell-safe ``GridSampler`` (imports optuna; loaded lazily).
+- ``designs.py``: ablation designs (loco, add_one, one_at_a_time, full/fractional factorial)
+  and the comparisons a space defines (what the report and the race decide).
 - ``dotted.py``: ``get_dotted``/``set_dotted``/``flatten``/``unflatten``.
 
-Shipped: ``smoke``, ``default``, ``p1_losses``, ``students``. TODO (owned by the methods
+Shipped: ``smoke``, ``default``, ``p1_losses``, ``p1_loco``, ``students``. TODO (owned by the methods
 issue): ``attribute_sources``, ``prompt_diversification``, ``dime_fm`` and ``distillvlm``
 ship once their config keys (attribute sources, prompt strategies, P2/P4 loss settings)
 exist in ``trainers/config.py``; the validator rejects spaces naming keys that do not.

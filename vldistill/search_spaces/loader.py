@@ -10,13 +10,21 @@ The schema (every top-level key; ``metric``, ``mode`` and ``params`` are require
     sampler_seed: 0
     scheduler: {type: asha, max_t: 20, grace_period: 4, reduction_factor: 2}   # or: none
     num_samples: 24                # configurations, each run once per seed (grid: default all)
-    seeds: [0, 1, 2]               # default [0]
+    seeds: [0, 1, 2]               # default [0]; or racing: {min: 2, max: 8, margin: 0.01}
     resources: {cpu: 1, gpu: 0, workers: 1}
     overrides: [experiment=smoke]  # Hydra overrides of every trial's base config
     params:                        # dotted TrainConfig paths, in suggestion order
       distill.weights.mse: {choice: [0.0, 1.0], baseline: 0.0}
       distill.vlprox.k: {choice: [1, 10, 256], when: {distill.weights.vlprox: 1.0}}
       optim.lr: {loguniform: [1.0e-4, 1.0e-2]}    # also: uniform, int: [low, high] inclusive
+    design: {type: loco, components: {mse: {distill.weights.mse: 0.0}}}  # instead of params
+
+``design`` (see :mod:`~vldistill.search_spaces.designs`) generates the configurations from
+the base config: loco, add_one, one_at_a_time, full_factorial, fractional_factorial. A
+design space is enumerated like a grid (one Optuna parameter: the point's name).
+``seeds`` as a mapping races the seeds (``vldistill/platform/racing.py``): it needs a finite
+space (a design, or a grid without ``when``), scheduler none, and comparisons (a design, or
+a baseline for every param).
 
 Everything that needs the typed config (paths, values, registries) is checked by
 :func:`~vldistill.search_spaces.validate.validate_search_space` against a composed config.
@@ -32,9 +40,10 @@ from typing import Any
 
 import yaml
 
+from vldistill.search_spaces.designs import parse_design, space_comparisons
 from vldistill.search_spaces.dotted import flatten, get_dotted, set_dotted, unflatten
 from vldistill.search_spaces.spec import (CATEGORICAL_KINDS, KINDS, MODES, SAMPLERS, SCHEDULERS,
-                                          ParamSpec, Resources, Scheduler, SearchSpace,
+                                          ParamSpec, Racing, Resources, Scheduler, SearchSpace,
                                           SearchSpaceError, same_value)
 from vldistill.search_spaces.suggest import (apply_params, decode_params, define_by_run,
                                              grid_points, grid_sampler)
@@ -44,8 +53,9 @@ from vldistill.trainers.strict_files import DuplicateKeyError, read_yaml
 SHIPPED_DIR = Path(__file__).resolve().parent
 
 TOP_KEYS = ("name", "description", "metric", "mode", "sampler", "sampler_seed", "scheduler",
-            "num_samples", "seeds", "resources", "overrides", "params", "teacher_resources")
-_REQUIRED = ("metric", "mode", "params")
+            "num_samples", "seeds", "resources", "overrides", "params", "design", "teacher_resources")
+_REQUIRED = ("metric", "mode")
+_RACING_KEYS = ("min", "max", "margin", "alpha")
 _SPEC_KEYS = KINDS + ("baseline", "when")
 _SCHEDULER_KEYS = ("type", "max_t", "grace_period", "reduction_factor")
 _RESOURCE_KEYS = ("cpu", "gpu", "workers", "placement", "max_concurrent")
@@ -56,7 +66,8 @@ TEACHER_RESOURCE_KEYS = ("cpu", "gpu", "max_actors")
 KNOWN_METRICS = ("base_acc", "novel_acc", "hmean", "shift_acc", "shift_acc/<domain>",
                  "novel_acc/<kind>", "fewshot_novel_acc", "linear_probe_acc", "M_rel", "M_neigh",
                  "M_vlalign", "M_<rel|neigh|vlalign>/<base|novel>", "novel_acc_<k>shot",
-                 "synthetic/<stat>", "student_params", "student_flops", "student_latency_ms", "loss")
+                 "synthetic/<stat>", "student_params", "student_flops", "student_latency_ms",
+                 "student_latency_ms_b8", "loss")
 _METRIC_RE = re.compile(r"(" + "|".join(m for m in KNOWN_METRICS if "<" not in m)
                         + r"|shift_acc/[\w.-]+|novel_acc/[\w.-]+|novel_acc_\d+shot"
                         + r"|M_(?:rel|neigh|vlalign)/(?:base|novel)|synthetic/[\w.-]+)")
@@ -252,6 +263,21 @@ def parse_teacher_resources(err: _Err, raw: Any) -> dict:
             want = {"cpu": "a number > 0", "gpu": "a number >= 0 or auto", "max_actors": "an integer >= 0"}[key]
             raise err(f"teacher_resources.{key}", f"must be {want}, got {v!r}")
     return dict(raw)
+def _parse_racing(err: _Err, raw: dict) -> Racing:
+    unknown = [k for k in raw if k not in _RACING_KEYS]
+    if unknown:
+        raise err(f"seeds.{unknown[0]}", f"unknown key; valid: {', '.join(_RACING_KEYS)}")
+    lo, hi = raw.get("min", 2), raw.get("max", 8)
+    margin, alpha = raw.get("margin", 0.01), raw.get("alpha", 0.05)
+    if not _is_int(lo) or lo < 2:
+        raise err("seeds.min", f"must be an integer >= 2 (an interval needs 2 seeds), got {lo!r}")
+    if not _is_int(hi) or hi < lo:
+        raise err("seeds.max", f"must be an integer >= min ({lo}), got {hi!r}")
+    if not _is_number(margin) or margin < 0:
+        raise err("seeds.margin", f"must be a number >= 0 (metric units), got {margin!r}")
+    if not _is_number(alpha) or not 0 < alpha < 1:
+        raise err("seeds.alpha", f"must be a number in (0, 1), got {alpha!r}")
+    return Racing(min=lo, max=hi, margin=float(margin), alpha=float(alpha))
 
 
 def _parse_seeds(err: _Err, raw: Any) -> tuple[int, ...]:
@@ -309,30 +335,66 @@ def search_space_from_dict(data: dict, source: str = "<dict>",
     sampler_seed = data.get("sampler_seed", 0)
     if not _is_int(sampler_seed):
         raise err("sampler_seed", f"must be an integer, got {sampler_seed!r}")
-    raw_params = data["params"]
-    if not isinstance(raw_params, dict) or not raw_params:
-        raise err("params", "needs at least one parameter: {dotted.config.key: {choice: [...]}}")
-    params = {k: _parse_param(err, k, v) for k, v in raw_params.items()}
-    check_conditions(params, source)
+    design = None
+    if data.get("design") is not None:
+        if data.get("params"):
+            raise err("design", "a space gives either params or a design, not both")
+        design = parse_design(data["design"], source)
+        if sampler != "grid" and "sampler" in data:
+            raise err("sampler", f"a design is enumerated like a grid; got sampler {sampler!r}")
+        sampler, params = "grid", {}
+    else:
+        raw_params = data.get("params")
+        if not isinstance(raw_params, dict) or not raw_params:
+            raise err("params", "needs at least one parameter: {dotted.config.key: {choice: "
+                                "[...]}} (or give a design)")
+        params = {k: _parse_param(err, k, v) for k, v in raw_params.items()}
+        check_conditions(params, source)
     if sampler == "grid":
         for p in params.values():
             if not p.categorical:
                 raise err(f"params.{p.key}", f"sampler grid enumerates choices; a {p.kind} "
                                              "parameter has none (use choice/grid or tpe/random)")
-    grid_size = math.prod(len(p.values) for p in params.values()) if sampler == "grid" else None
+    grid_size = (len(design.points) if design is not None else
+                 math.prod(len(p.values) for p in params.values()) if sampler == "grid" else None)
     num_samples = data.get("num_samples", grid_size)
     if num_samples is None:
         raise err("num_samples", f"required for sampler {sampler}")
     if not _is_int(num_samples) or num_samples < 1:
         raise err("num_samples", f"must be an integer >= 1, got {num_samples!r}")
-    return SearchSpace(
+    racing, raw_seeds = None, data.get("seeds", [0])
+    if isinstance(raw_seeds, dict):
+        racing = _parse_racing(err, raw_seeds)
+        raw_seeds = list(range(racing.max))
+    space = SearchSpace(
         name=name, metrics=metrics, modes=modes, sampler=sampler,
         scheduler=_parse_scheduler(err, data.get("scheduler"), len(metrics)),
-        num_samples=num_samples, seeds=_parse_seeds(err, data.get("seeds", [0])),
+        num_samples=num_samples, seeds=_parse_seeds(err, raw_seeds),
         resources=_parse_resources(err, data.get("resources")), params=params,
         overrides=_parse_overrides(err, data.get("overrides")), sampler_seed=sampler_seed,
-        description=description, source=source,
+        description=description, source=source, design=design, racing=racing,
         teacher_resources=parse_teacher_resources(err, data.get("teacher_resources")))
+    if racing is not None:
+        _check_racing(err, space)
+    return space
+
+
+def _check_racing(err: _Err, space: SearchSpace) -> None:
+    """Racing needs every configuration known up front, full runs and comparisons."""
+    if space.sampler != "grid":
+        raise err("seeds", f"racing needs a finite space (a design or sampler grid), not "
+                           f"sampler {space.sampler}")
+    if space.scheduler.type != "none":
+        raise err("seeds", "racing compares full runs; use scheduler: none")
+    if space.num_samples < (space.grid_size() or 0):
+        raise err("num_samples", f"racing runs every configuration ({space.grid_size()}), "
+                                 f"got {space.num_samples}")
+    try:
+        comparisons = space_comparisons(space)
+    except SearchSpaceError as e:
+        raise err("seeds", str(e)) from None
+    if not comparisons:
+        raise err("seeds", "racing needs comparisons: a design, or a baseline for every param")
 
 
 def list_search_spaces() -> list[str]:
@@ -373,7 +435,7 @@ def load_search_space(name_or_path: str) -> SearchSpace:
 
 
 __all__ = [
-    "KNOWN_METRICS", "ParamSpec", "Resources", "Scheduler", "SearchSpace", "SearchSpaceError",
+    "KNOWN_METRICS", "ParamSpec", "Racing", "Resources", "Scheduler", "SearchSpace", "SearchSpaceError",
     "apply_params", "decode_params", "define_by_run", "flatten", "get_dotted", "grid_points",
     "grid_sampler", "list_search_spaces", "load_search_space", "search_space_from_dict",
     "set_dotted", "unflatten", "validate_search_space",

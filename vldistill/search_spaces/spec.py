@@ -167,6 +167,23 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Racing:
+    """``seeds: {min, max, margin, alpha}``: seeds are added a round at a time, only to the
+    configurations of comparisons still undecided (``vldistill/platform/racing.py``)."""
+
+    min: int = 2
+    max: int = 8
+    margin: float = 0.01
+    alpha: float = 0.05
+
+    def to_dict(self) -> dict:
+        return {"min": self.min, "max": self.max, "margin": self.margin, "alpha": self.alpha}
+
+
+DESIGN_PARAM = "design"  # the one Optuna parameter of a design space: the point's name
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """A validated search space (see ``loader.load_search_space``).
 
@@ -189,6 +206,8 @@ class SearchSpace:
     source: str = field(default="", compare=False)
     # what the shared-asset stage asks Ray for (platform/assets.py): {cpu, gpu, max_actors}
     teacher_resources: dict = field(default_factory=dict)
+    design: Any = None  # a designs.Design (the space's configurations), or None
+    racing: Racing | None = None  # seeds raced (``seeds`` is then 0 .. racing.max - 1)
 
     @property
     def multi_objective(self) -> bool:
@@ -200,12 +219,14 @@ class SearchSpace:
         Conditional parameters count fully: Optuna's ``GridSampler`` enumerates them even
         where they are inactive, so those grid points repeat a configuration.
         """
+        if self.design is not None:
+            return len(self.design.points)
         if not all(p.categorical for p in self.params.values()):
             return None
         return math.prod(len(p.values) for p in self.params.values())
 
     def trial_count(self) -> int:
-        """Trials the sweep runs: sampled configurations times seeds."""
+        """Trials the sweep runs: sampled configurations times seeds (racing: at most)."""
         n = self.num_samples
         if self.sampler == "grid":
             n = min(n, self.grid_size() or n)
@@ -223,9 +244,10 @@ class SearchSpace:
             "sampler_seed": self.sampler_seed,
             "scheduler": self.scheduler.to_dict(),
             "num_samples": self.num_samples,
-            "seeds": list(self.seeds),
+            "seeds": self.racing.to_dict() if self.racing else list(self.seeds),
             "resources": self.resources.to_dict(),
             "overrides": list(self.overrides),
             "params": {k: p.to_dict() for k, p in self.params.items()},
             **({"teacher_resources": dict(self.teacher_resources)} if self.teacher_resources else {}),
+            **({"design": _plain(self.design.spec)} if self.design is not None else {}),
         }

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from vldistill.search_spaces.dotted import set_dotted
-from vldistill.search_spaces.spec import SearchSpace, SearchSpaceError
+from vldistill.search_spaces.spec import DESIGN_PARAM, SearchSpace, SearchSpaceError
 
 if TYPE_CHECKING:
     import optuna
@@ -33,6 +33,9 @@ def define_by_run(space: SearchSpace) -> Callable[["optuna.trial.Trial"], dict[s
         ``trial.params``, encoded as described in ``spec``; decode with :func:`decode_params`).
     """
     params = list(space.params.values())
+    if space.design is not None:  # one categorical: the point's name (decode_params expands it)
+        names = [p.name for p in space.design.points]
+        return lambda trial: (trial.suggest_categorical(DESIGN_PARAM, names), {})[1]
 
     def suggest(trial: "optuna.trial.Trial") -> dict[str, Any]:
         chosen: dict[str, Any] = {}  # decoded values, for the conditions of later params
@@ -57,6 +60,8 @@ def grid_points(space: SearchSpace) -> dict[str, list]:
     Raises:
         SearchSpaceError: naming the first continuous parameter (a grid needs finite choices).
     """
+    if space.design is not None:
+        return {DESIGN_PARAM: [p.name for p in space.design.points]}
     grid = {}
     for p in space.params.values():
         if not p.categorical:
@@ -85,7 +90,13 @@ def grid_sampler(space: SearchSpace, seed: int | None = None) -> "optuna.sampler
 
 
 def decode_params(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:
-    """Optuna's ``trial.params`` -> ``{dotted key: config value}`` (unknown keys kept as is)."""
+    """Optuna's ``trial.params`` -> ``{dotted key: config value}`` (unknown keys kept as is).
+
+    A design point's name (``{"design": "no_mse"}``) becomes the values it sets.
+    """
+    if space.design is not None and DESIGN_PARAM in params:
+        rest = {k: v for k, v in params.items() if k != DESIGN_PARAM}
+        return {**rest, **space.design.point(params[DESIGN_PARAM]).assignment}
     return {k: space.params[k].decode(v) if k in space.params else v for k, v in params.items()}
 
 

@@ -232,6 +232,8 @@ def validate_search_space(space: SearchSpace, base_config: dict) -> None:
         raise SearchSpaceError(f"{src}: the base config (overrides {list(space.overrides)}) is "
                                f"invalid: {e}") from None
     check_conditions(space.params, src)
+    if space.design is not None:
+        _check_design(space.design, base_config, src)
     problems: list[str] = []
     clean, bad_alone = [], set()
     for key, p in space.params.items():
@@ -257,6 +259,17 @@ def _raise_all(src: str, problems: list[str], which: str) -> None:
     more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
     raise SearchSpaceError(f"{src}: {len(problems)} problems found before launch (checked every "
                            f"value of every param alone, and {which}):\n  - " + "\n  - ".join(shown) + more)
+def _check_design(design: Any, base_config: dict, src: str) -> None:
+    """Every key a design sets is a config path; every point composes into a valid config."""
+    for key in design.keys:
+        where = f"{src}: design: {key}"
+        if key in RESERVED:
+            raise SearchSpaceError(f"{where}: cannot be set: {RESERVED[key]}")
+        _check_path(key, where)
+    problems = [f"{src}: design point {point.name!r}: {why}" for point in design.points
+                if (why := _point_problem(base_config, point.assignment))]
+    if problems:
+        _raise_all(src, problems, f"every design point ({len(design.points)})")
 
 
 def _check_budget(space: SearchSpace, base_config: dict, src: str) -> None:

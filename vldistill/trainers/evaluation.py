@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from typing import Callable
 
 import torch
@@ -136,18 +137,97 @@ def floors(splits: Splits) -> dict[str, float]:
     return out
 
 
-def student_cost(student: torch.nn.Module, image_size: int, iters: int = 30) -> dict[str, float]:
+LATENCY_PROTOCOL = {"version": 1, "warmup": 5, "min_iters": 30, "batches": [1, 8], "threads": 1,
+                    "statistic": "median ms per image", "device": "cpu"}
+
+
+def device_type() -> str:
+    """The CPU model the latency is measured on (``/proc/cpuinfo``, else ``platform``)."""
+    import platform
+
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.lower().startswith("model name"):
+                return "cpu:" + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"cpu:{platform.machine()}:{platform.processor()}"
+
+
+def _latency_path(cache_dir: str | None, student_cfg: dict, image_size: int, iters: int):
+    """``<cache>/latency/<sha256>.json``, keyed by the student, device type and protocol."""
+    import hashlib
+    import json
+
+    from vldistill.trainers.storage import is_uri
+    from vldistill.trainers.teachers import cache_root
+
+    if is_uri(cache_dir) or is_uri(os.environ.get("VLDISTILL_CACHE")):
+        return None  # an object store: no shared file to link into; measured per trial
+    key = {"student": student_cfg, "image_size": image_size, "device": device_type(),
+           "protocol": {**LATENCY_PROTOCOL, "iters": max(iters, LATENCY_PROTOCOL["min_iters"])}}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache_root(cache_dir) / "latency" / f"{digest}.json", key
+
+
+def cached_latency(student: torch.nn.Module, image_size: int, iters: int = 30,
+                   student_cfg: dict | None = None, cache_dir: str | None = None) -> dict[str, float]:
+    """Latency per image (ms) at batch 1 and 8 under :data:`LATENCY_PROTOCOL`, measured once per
+    (student config, image size, device type, protocol) and shared through ``cache_dir``.
+
+    The first trial of an architecture measures it (CPU, 1 thread, 5 warm-up forwards, the
+    median of >= 30 timed ones) and links the file into place; a trial that measured at the
+    same time finds the file there and takes its value, so every trial of one architecture
+    reports the same number. ``student_cfg`` None: no cache (measured here).
+    """
+    import json
+    import tempfile
+
+    n = max(iters, LATENCY_PROTOCOL["min_iters"])
+
+    def measure() -> dict[str, float]:
+        out = {}
+        for b in LATENCY_PROTOCOL["batches"]:
+            ms = measure_latency_ms(student, (b, 3, image_size, image_size), iters=n,
+                                    warmup=LATENCY_PROTOCOL["warmup"], threads=LATENCY_PROTOCOL["threads"])
+            out["student_latency_ms" if b == 1 else f"student_latency_ms_b{b}"] = ms
+        return out
+
+    found = _latency_path(cache_dir, student_cfg, image_size, iters) if student_cfg is not None else None
+    if found is None:
+        return measure()
+    path, key = found
+    if not path.is_file():
+        values = measure()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+            json.dump({"key": key, "values": values}, f)
+        try:
+            os.link(f.name, path)  # first writer wins: never replaces another trial's value
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(f.name)
+    return json.loads(path.read_text())["values"]
+
+
+def student_cost(student: torch.nn.Module, image_size: int, iters: int = 30,
+                 cfg: TrainConfig | None = None) -> dict[str, float]:
     """Parameters (incl. the head), forward FLOPs (2 x multiply-accumulates, see
-    ``trainers/flops.py``) and CPU latency per image at batch 1, in ms."""
+    ``trainers/flops.py``), both exact, and CPU latency per image at batch 1 (and 8), in ms:
+    with ``cfg``, measured once per architecture and device type (:func:`cached_latency`)."""
+    import dataclasses
+
     from vldistill.trainers.flops import count_flops
 
     device = next(student.parameters()).device
     cpu = student.to("cpu")
-    latency = measure_latency_ms(cpu, (1, 3, image_size, image_size), iters=iters)
+    latency = cached_latency(cpu, image_size, iters,
+                             dataclasses.asdict(cfg.student) if cfg is not None else None,
+                             cfg.cache_dir if cfg is not None else None)
     flops = count_flops(cpu, (1, 3, image_size, image_size))
     student.to(device)
-    return {"student_params": float(count_params(student)), "student_flops": float(flops),
-            "student_latency_ms": latency}
+    return {"student_params": float(count_params(student)), "student_flops": float(flops), **latency}
 
 
 # ----- final evaluation: representation metrics, few-shot, linear probe ---------------------

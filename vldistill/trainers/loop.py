@@ -304,7 +304,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
                 last.update(final_metrics(student, t_eval, splits, text, cfg, device, dist, kept))
             row.update(last)
         if final:
-            row.update(student_cost(student, d.image_size, cfg.eval.latency_iters))
+            row.update(student_cost(student, d.image_size, cfg.eval.latency_iters, cfg=cfg))
             row.update(static)
             row["wall_seconds"] = time.time() - t_start
         checkpoint = None
@@ -322,7 +322,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
                **evaluate(encode, splits, text, cfg.eval.batch_size, device, dist, keep=kept),
                **final_metrics(student, _teacher_embeddings(teacher, splits, cfg, build), splits, text, cfg,
                                device, dist, kept),
-               **student_cost(student, d.image_size, cfg.eval.latency_iters), **static}
+               **student_cost(student, d.image_size, cfg.eval.latency_iters, cfg=cfg), **static}
         reporter.report(row, str(ckpt_path) if dist.main and ckpt_path else None)
     return row
 

@@ -1,0 +1,76 @@
+"""The report's decisions section: replayed from the rows of a design sweep, at its head,
+with the effects plot; identical architectures are not split on timing noise."""
+
+import json
+
+import yaml
+
+from vldistill.platform.report import build_report
+from vldistill.search_spaces import search_space_from_dict
+
+SPACE = {"name": "loco_t", "metric": "novel_acc", "mode": "max", "scheduler": "none",
+         "seeds": {"min": 2, "max": 4, "margin": 0.01},
+         "design": {"type": "loco", "base": {"distill.weights.mse": 1.0},
+                    "components": {"mse": {"distill.weights.mse": 0.0},
+                                   "im_cst": {"distill.weights.im_cst": 0.0}}}}
+
+
+def _row(i, point, seed, acc, latency):
+    mse = 0.0 if point == "no_mse" else 1.0
+    return {"trial_id": f"t{i}", "status": "completed", "error": None, "seed": seed,
+            "design_point": point, "params": {"distill.weights.mse": mse,
+                                              "distill.weights.im_cst": 0.0 if point == "no_im_cst" else 1.0},
+            "config": {"optim.epochs": 1}, "epochs": 1, "planned_epochs": 1, "wall_seconds": 1.0,
+            "resources": {"cpu": 1, "gpu": 0, "workers": 1},
+            "metrics": {"novel_acc": acc, "student_params": 11e6, "student_flops": 1e9,
+                        "student_latency_ms": latency}}
+
+
+def test_decisions_head_the_report(tmp_path):
+    space = search_space_from_dict(SPACE, "t.yaml")
+    (tmp_path / "search_space.yaml").write_text(yaml.safe_dump(space.to_dict(), sort_keys=False))
+    rows, i = [], 0
+    # mse: removing it costs 0.3 on every seed (decided at 2 seeds); im_cst: noise only.
+    for seed, noise in enumerate([0.0, 0.2, -0.2, 0.1]):
+        for point, acc in (("base", 0.6 + 1e-4 * seed), ("no_im_cst", 0.6 + noise)):
+            rows.append(_row(i, point, seed, acc, 7.76)); i += 1
+        if seed < 2:
+            rows.append(_row(i, "no_mse", seed, 0.3 + 1e-4 * seed, 7.76)); i += 1
+    (tmp_path / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files = build_report(tmp_path)
+    md = files["report.md"].read_text()
+    first = md.index("## ")
+    assert md[first:].startswith("## Decisions")
+    assert "- mse: better, +0.3000 [" in md and ", 2 seeds" in md
+    assert "- im_cst: undecided at the budget, " in md and "4 seeds" in md
+    assert "plots/effects.png" in md and (tmp_path / "plots" / "effects.png").is_file()
+    html = files["report.html"].read_text()
+    assert html.index("Decisions") < html.index("Pareto")
+    # One architecture (ResNet-18), one cached latency: the less accurate configurations are
+    # dominated at equal cost, never "cheaper" on timing noise.
+    pareto = md[md.index("**Pareto-optimal configurations**"):].split("\n\n")[1]
+    lines = [ln for ln in pareto.splitlines()[2:] if "student_latency_ms" in ln]
+    assert len(lines) == 1 and "7.76 ms" in lines[0], pareto  # one of three, not two
+
+
+def test_two_trials_of_one_architecture_get_one_latency(tmp_path):
+    import torch
+
+    from vldistill.trainers.evaluation import LATENCY_PROTOCOL, cached_latency
+
+    def net():
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+
+    student = {"name": "tiny", "kwargs": {}, "image_size": 8}
+    first = cached_latency(net(), 8, 30, student, str(tmp_path))
+    second = cached_latency(net(), 8, 30, student, str(tmp_path))
+    assert first == second and set(first) == {"student_latency_ms", "student_latency_ms_b8"}
+    files = list((tmp_path / "latency").glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["key"]["protocol"]["min_iters"] == 30
+    assert LATENCY_PROTOCOL["batches"] == [1, 8] and LATENCY_PROTOCOL["warmup"] == 5
+    # the stored value wins over a new measurement (a trial that measured concurrently)
+    files[0].write_text(json.dumps({"key": {}, "values": {"student_latency_ms": 7.5}}))
+    assert cached_latency(net(), 8, 30, student, str(tmp_path)) == {"student_latency_ms": 7.5}
+    # another architecture: its own entry
+    cached_latency(net(), 8, 30, {**student, "name": "tiny2"}, str(tmp_path))
+    assert len(list((tmp_path / "latency").glob("*.json"))) == 2

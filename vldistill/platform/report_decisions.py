@@ -1,0 +1,116 @@
+"""The report's first section: one line per comparison the space defines, and its effects plot.
+
+The comparisons are the design's (each LOCO row against the base, each main effect of a
+factorial with its aliases, each point against the base) or, for a grid with baselines,
+main effects / each configuration against the baseline (``search_spaces/designs.py``).
+The decisions are replayed from the rows with the racing procedure of
+``platform/racing.py``: for a raced space its looks min..max; for fixed seeds one look at
+all seeds (margin 0.01 unless the space races). Ray-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from vldistill.platform import racing
+from vldistill.platform.report_html import Section, Table, _figure, _save
+
+log = logging.getLogger(__name__)
+COLOURS = {"better": "#2f855a", "worse": "#c53030", "equivalent": "#2b6cb0", "undecided": "#718096"}
+DEFAULT_MARGIN = 0.01
+
+
+def _config_values(space, done: pd.DataFrame, metric: str) -> dict[str, dict[int, float]]:
+    """``{config name: {seed: metric}}`` of the completed trials."""
+    from vldistill.search_spaces.designs import config_key, space_points
+
+    points = space_points(space)
+    by_key = {config_key(p.assignment): p.name for p in points}
+    out: dict[str, dict[int, float]] = {}
+    for _, r in done.iterrows():
+        if space.design is not None:
+            name = r.get("design_point")
+        else:
+            name = by_key.get(config_key({k: r.get(k) for k in space.params}))
+        if name is None or pd.isna(r.get(metric)) or pd.isna(r.get("seed")):
+            continue
+        out.setdefault(name, {})[int(r["seed"])] = float(r[metric])
+    return out
+
+
+def comparison_decisions(space, done: pd.DataFrame, metric: str, mode: str) -> list[racing.Decision]:
+    """The decisions the report prints (see the module doc); [] without comparisons."""
+    from vldistill.search_spaces.designs import space_comparisons
+
+    comps = space_comparisons(space)
+    if not comps:
+        return []
+    r = space.racing
+    lo, hi = (r.min, r.max) if r else (len(space.seeds), len(space.seeds))
+    margin, alpha = (r.margin, r.alpha) if r else (DEFAULT_MARGIN, 0.05)
+    values = _config_values(space, done, metric)
+    return racing.race(values, comps, lo, hi, margin, alpha, -1.0 if mode == "min" else 1.0)
+
+
+def plot_effects(path: Path, decisions: list[racing.Decision], metric: str, margin: float) -> None:
+    """One row per comparison: its estimate and interval, coloured by its decision."""
+    fig, (ax,) = _figure(1, w=7.5, h=1.0 + 0.45 * max(2, len(decisions)), left=2.6)
+    for i, d in enumerate(reversed(decisions)):
+        lo = d.low if math.isfinite(d.low) else d.estimate
+        hi = d.high if math.isfinite(d.high) else d.estimate
+        ax.plot([lo, hi], [i, i], color=COLOURS[d.decision], lw=2.5)
+        ax.plot([d.estimate], [i], "o", color=COLOURS[d.decision])
+    ax.set_yticks(range(len(decisions)))
+    ax.set_yticklabels([f"{d.name} ({d.decision}, {d.seeds} seeds)" for d in reversed(decisions)],
+                       fontsize=8)
+    for x in (-margin, margin):
+        ax.axvline(x, color="#a0aec0", ls="--", lw=1)
+    ax.axvline(0, color="#2d3748", lw=0.8)
+    ax.set_xlabel(f"effect on {metric} (positive = better)")
+    ax.grid(alpha=.3, axis="x")
+    _save(fig, path)
+
+
+def section_comparisons(sw, plots: Path) -> Section:
+    """The decisions: one line per comparison, its interval and seeds; the effects plot."""
+    from vldistill.search_spaces.loader import SearchSpaceError, load_search_space
+
+    sec = Section("decisions", "Decisions")
+    try:
+        space = load_search_space(str(sw.dir / "search_space.yaml"))
+    except SearchSpaceError as e:
+        sec.text.append(f"The search space could not be read ({e}): no comparisons.")
+        return sec
+    metric, mode = sw.primary
+    decisions = comparison_decisions(space, sw.done, metric, mode) if metric in sw.done else []
+    if not decisions:
+        sec.text.append("This space defines no comparisons (give a design, or a baseline for "
+                        "every param of a grid).")
+        return sec
+    r = space.racing
+    margin = r.margin if r else DEFAULT_MARGIN
+    how = (f"raced: seeds {r.min}-{r.max}, a seed per round to undecided comparisons" if r else
+           f"fixed {len(space.seeds)} seeds, one look")
+    sec.text.append(
+        f"`{metric}` ({mode}); {how}; margin ±{margin:g}; paired differences over shared seeds, "
+        f"t intervals corrected over the planned looks and by Holm across comparisons "
+        f"(alpha {r.alpha if r else 0.05:g}; docs/report.md, Racing). Positive = better.")
+    design = space.design
+    if design is not None and design.defining_relation:
+        sec.text.append(f"Fractional design, resolution {design.resolution}: I = "
+                        + " = ".join(design.defining_relation) + ". Main effects are aliased as "
+                        "stated per row.")
+    sec.text += [f"- {d.line()}" for d in decisions]
+    sec.tables.append(Table("decisions", "Comparisons", pd.DataFrame([{
+        "comparison": d.name, "decision": ("undecided at budget" if d.at_budget and
+                                           d.decision == "undecided" else d.decision),
+        "effect": f"{d.estimate:+.4f}", "interval": f"[{d.low:+.4f}, {d.high:+.4f}]",
+        "seeds": d.seeds, "what": d.note} for d in decisions])))
+    path = plots / "effects.png"
+    plot_effects(path, decisions, metric, margin)
+    sec.plots.append(("Effects: estimate and interval per comparison, coloured by decision", path))
+    return sec

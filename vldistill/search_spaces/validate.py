@@ -266,7 +266,7 @@ def _check_design(design: Any, base_config: dict, src: str) -> None:
         if key in RESERVED:
             raise SearchSpaceError(f"{where}: cannot be set: {RESERVED[key]}")
         _check_path(key, where)
-    problems = [f"{src}: design point {point.name!r}: {why}" for point in design.points
+    problems = [f"{src}: design point {point.name!r} gives an invalid config: {why}" for point in design.points
                 if (why := _point_problem(base_config, point.assignment))]
     if problems:
         _raise_all(src, problems, f"every design point ({len(design.points)})")

@@ -28,9 +28,10 @@ def test_sweep_directory_never_contains_the_wandb_key(reference_sweep):
     ref = reference_sweep
     assert ref.proc.returncode == 0, ref.log.read_text()[-3000:]
     # W&B really ran (offline, one run per trial) and Tune wrote its trial dirs: the scan
-    # covers configs, rows, reports, the Optuna journal, checkpoints and the W&B run files.
+    # covers configs, rows, reports, the Optuna journal, checkpoints and the W&B run files
+    # (the summary run too: it carries the report's tables).
     runs = list((ref.dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 3, runs
+    assert len(runs) == 4, runs  # one per trial, plus the sweep's summary run (the report)
     assert len(list((ref.dir / "tune").glob("sweep_trainable_*"))) == 3
     scanned, hits = _files_containing(ref.dir, FAKE_WANDB_KEY.encode())
     assert scanned > 30, f"only {scanned} files scanned"

@@ -137,4 +137,5 @@ def test_epoch_progress_bar_only_on_a_terminal(monkeypatch):
     assert list(epoch_steps(4, 1, 2, enabled=False)) == [0, 1, 2, 3] and term.getvalue() == ""
     assert list(epoch_steps(4, 2, 5, enabled=True)) == [0, 1, 2, 3]
     shown = term.getvalue()
+    # the bar's format (its fields), not a speed: no wall-clock bound is asserted
     assert "epoch 2/5" in shown and "/4 [" in shown and "step/s" in shown  # ETA: [elapsed<left, rate]

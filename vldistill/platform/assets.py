@@ -310,9 +310,4 @@ class _quiet_ray_data:
         self.logger.setLevel(self.level)
 
 
-def summary(records: list[dict]) -> dict:
-    """The ``assets`` entry of ``sweep.json``."""
-    return {"records": records, "seconds": round(sum(r.get("seconds", 0) for r in records), 2)}
-
-
-__all__ = ["TeacherResources", "build_shared", "build_view_cache", "AssetError", "summary"]
+__all__ = ["TeacherResources", "build_shared", "build_view_cache", "AssetError"]

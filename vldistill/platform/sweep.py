@@ -19,9 +19,9 @@ seed override the base config's constants, so W&B and the rows get every key.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -50,83 +50,13 @@ WORKERS_KEY = "__workers__"  # trial config entry: Ray Train workers per trial
 RESOURCES_KEY = "__worker_resources__"  # {"CPU": c, "GPU": g} per worker
 STORAGE_KEY = "__storage__"  # where the inner TorchTrainer keeps its run (the sweep dir)
 PLACEMENT_KEY = "__placement__"  # Ray placement strategy of a multi-worker trial's workers
+BASE_KEY = "__base__"  # trial config entry: the base config's hash (it is in every trial's config)
 NODES_KEY = "nodes"  # reported by every trial: the Ray node ids its training ran on
 ERROR_KEY = "trial_error"  # last result of a trial that ended itself on a deterministic error
 
 
 def _numeric(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-
-
-def link_local_checkpoints() -> None:
-    """Make Ray persist a reported checkpoint by hard links when source and storage are local.
-
-    ``tune.report(checkpoint=...)`` / ``ray.train.report`` copy the checkpoint directory into
-    the trial's storage (``StorageContext.persist_current_checkpoint`` ->
-    ``_pyarrow_fs_copy_files``). Our trials checkpoint every epoch (exact resume), and the
-    default ResNet-18 student's ``last.pt`` is 135 MB (weights + Adam state): the copy cost
-    0.04-0.28 s per epoch on the reference VM (the disk's write-back of 270 MB per epoch),
-    ~3 s of a 30-s trial, the largest per-trial part of the platform's overhead (benchmark
-    (b)). A hard link costs nothing and is safe here because ``trainers.loop.save_checkpoint``
-    never rewrites a file in place: it writes a temporary file and ``os.replace``-s it, so the
-    next epoch's checkpoint is a new inode and the persisted one keeps its bytes.
-
-    Only a call whose *both* filesystems are exactly ``pyarrow.fs.LocalFileSystem`` links
-    (the persist path with local storage; not Ray's excluding artifact syncer, not downloads,
-    not S3/GCS); a link that fails (another device: EXDEV, a filesystem without links) undoes
-    what it linked and falls back to Ray's copy. Idempotent; a Ray without that private
-    function keeps copying (correct, only slower).
-    """
-    try:
-        import pyarrow.fs as pafs
-        import ray.train._internal.storage as rts
-    except ImportError:
-        return
-    copy = getattr(rts, "_pyarrow_fs_copy_files", None)
-    if copy is None or getattr(copy, "_vldistill_links", False):
-        return
-
-    def link_or_copy(source, destination, source_filesystem=None, destination_filesystem=None, **kwargs):
-        if type(source_filesystem) is not pafs.LocalFileSystem or \
-                type(destination_filesystem) is not pafs.LocalFileSystem:
-            return copy(source, destination, source_filesystem=source_filesystem,
-                        destination_filesystem=destination_filesystem, **kwargs)
-        made: list[str] = []
-        try:
-            _link_tree(str(source), str(destination), made)
-        except OSError as e:
-            for path in made:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-            log.debug("hard-linking %s -> %s failed (%s); copying", source, destination, e)
-            return copy(source, destination, source_filesystem=source_filesystem,
-                        destination_filesystem=destination_filesystem, **kwargs)
-        return None
-
-    link_or_copy._vldistill_links = True  # type: ignore[attr-defined]
-    rts._pyarrow_fs_copy_files = link_or_copy
-
-
-def _link_tree(source: str, destination: str, made: list[str]) -> None:
-    """Hard-link every file under ``source`` to the same place under ``destination``
-    (a file ``source`` to ``destination`` itself), replacing files already there."""
-    if not os.path.isdir(source):
-        pairs = [(source, destination)]
-    else:
-        pairs = []
-        for root, _dirs, files in os.walk(source):
-            rel = os.path.relpath(root, source)
-            target = destination if rel == "." else os.path.join(destination, rel)
-            os.makedirs(target, exist_ok=True)
-            pairs += [(os.path.join(root, f), os.path.join(target, f)) for f in files]
-    for src, dst in pairs:
-        if os.path.lexists(dst):
-            if os.path.samefile(src, dst):  # already this file: undone on a fallback too,
-                made.append(dst)  # so that a copy never writes a file onto itself
-                continue
-            os.unlink(dst)
-        os.link(src, dst)
-        made.append(dst)
 
 
 def train_fn_per_worker(loop_config: dict) -> None:
@@ -141,7 +71,6 @@ def train_fn_per_worker(loop_config: dict) -> None:
     from vldistill.trainers.loop import train
 
     cfg = from_dict(loop_config["cfg"])
-    link_local_checkpoints()
     nodes = _group_nodes()
     work = Path(tempfile.mkdtemp(prefix="vldistill-worker-"))
     try:
@@ -193,6 +122,7 @@ def _ddp_trial(cfg_dict: dict, workers: int, per_worker: dict, storage: str,
                                      resources_per_worker=per_worker,
                                      placement_strategy=placement.upper()),
         run_config=RunConfig(name=f"train-trial_id={trial_id}", storage_path=storage,
+                             storage_filesystem=_storage_fs(storage),
                              callbacks=[TuneReportCallback()],
                              failure_config=FailureConfig(max_failures=2)))
     trainer.fit()
@@ -218,8 +148,13 @@ def sweep_trainable(config: dict[str, Any]) -> None:
         _ddp_trial(unflatten(plain), workers, dict(config[RESOURCES_KEY]), config[STORAGE_KEY],
                    config.get(PLACEMENT_KEY, "pack"))
         return
+    if BASE_KEY not in config:
+        # Tune restarted this trial without the sweep's constant config (a damaged
+        # experiment state): never train the defaults in its place.
+        from vldistill.trainers.config import ConfigError
+        raise ConfigError(f"trial config without the sweep's base config (no {BASE_KEY}); "
+                          f"Tune's experiment state was damaged: {sorted(plain)}")
     cfg = from_dict(unflatten(plain))
-    link_local_checkpoints()
     # One "Checkpoint successfully created at: <path>" line per trial and epoch is noise.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="vldistill-trial-"))
@@ -570,6 +505,8 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
         if not (sweep_dir / "search_space.yaml").is_file():
             raise SweepError(f"--resume {sweep_dir}: no search_space.yaml there; not a sweep directory")
         _Lock.check_free(sweep_dir)
+        if remote is None:
+            check_tune_state(sweep_dir / TUNE_DIR)
         space = load_search_space(str(sweep_dir / "search_space.yaml"))
         base = from_dict(read_yaml(sweep_dir / "base_config.yaml"))  # refuses repeated keys
     else:
@@ -676,11 +613,14 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
     storage_path = remote_uri or str(sweep_dir)  # Tune and inner trainers write here directly
     if resume:
         tuner = tune.Tuner.restore(f"{storage_path}/{TUNE_DIR}", trainable=trainable,
-                                   resume_unfinished=True, restart_errored=False)
+                                   resume_unfinished=True, restart_errored=False,
+                                   storage_filesystem=_storage_fs(storage_path))
     else:
         constants = flatten(to_dict(base))
         constants["threads"] = max(1, int(space.resources.cpu))
         constants["progress"] = False
+        constants[BASE_KEY] = hashlib.sha256(json.dumps(constants, sort_keys=True, default=str)
+                                             .encode()).hexdigest()[:16]
         if res.workers > 1:
             constants[WORKERS_KEY] = res.workers
             constants[RESOURCES_KEY] = {"CPU": res.cpu, "GPU": res.gpu}
@@ -719,7 +659,8 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
                                         max_concurrent_trials=_concurrency(space.resources,
                                                                            ray.cluster_resources()),
                                         reuse_actors=True),
-            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=storage_path, callbacks=callbacks,
+            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=storage_path,
+                                      storage_filesystem=_storage_fs(storage_path), callbacks=callbacks,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                       # a crashed trial process restarts from its last
                                       # checkpoint (deterministic errors end the trial instead)
@@ -727,6 +668,41 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
                                       verbose=1))
     tuner.fit()
     return started
+
+
+def _storage_fs(storage_path: str):
+    """Atomic file writes for a local ``storage_path`` (see ``platform/atomic_fs.py``: a
+    driver killed mid-sync must not leave a truncated experiment state); ``None`` (Ray's
+    default) for ``s3://`` / ``gs://``, whose objects appear whole on upload anyway."""
+    from vldistill.trainers.storage import is_uri
+
+    if is_uri(storage_path):
+        return None
+    from vldistill.platform.atomic_fs import atomic_local_fs
+    return atomic_local_fs()
+
+
+def check_tune_state(tune_dir: Path) -> None:
+    """Before ``Tuner.restore``: the newest experiment and search-algorithm state files load.
+
+    Tune itself logs a damaged state file and *restarts* the experiment (finished trials
+    forgotten), so a damaged one is a named error here instead, before Ray starts.
+    """
+    import ray.cloudpickle as cloudpickle
+
+    for pattern, load in (("experiment_state-*.json", lambda f: json.load(f)),
+                          ("search_gen_state-*.json", cloudpickle.load),
+                          ("searcher-state-*.pkl", cloudpickle.load)):
+        files = sorted(tune_dir.glob(pattern))
+        if not files:
+            continue
+        try:
+            with open(files[-1], "rb") as f:
+                load(f)
+        except Exception as e:  # noqa: BLE001  (any failure to load is the same problem)
+            raise SweepError(f"--resume: {files[-1]} is damaged ({type(e).__name__}: {e or 'empty file'}); "
+                             "Tune would restart the sweep from nothing. It was written by a Ray "
+                             "without atomic storage writes; resume is not possible from it") from None
 
 
 def _write_summary(sweep_dir: Path, space, assets: list[dict] | None = None) -> None:

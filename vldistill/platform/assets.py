@@ -115,6 +115,7 @@ def build_shared(cfg, resources: TeacherResources) -> list[dict]:
     """
     import ray
 
+    from vldistill.trainers.assets import cache_uri
     from vldistill.trainers.cache import _Flock
     from vldistill.trainers.config import to_dict
 
@@ -123,9 +124,12 @@ def build_shared(cfg, resources: TeacherResources) -> list[dict]:
     locks.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with _Flock(locks / f"shared-{_stage_key(cfg)}.lock"):
+        records = []
+        if cache_uri(cfg) is None:  # a local or shared cache: the cluster's CPUs decode it
+            records.append(build_image_store(to_dict(cfg), res))
         out = _run_prep(to_dict(cfg), res)
-        records = out["records"]
-        for r in records:
+        records += out["records"]
+        for r in out["records"]:
             log.info("shared assets: %s ready in %.1f s on node %s (%s, %s)%s", r["asset"], r["seconds"],
                      _short(r["nodes"][0]), r["device"], r["precision"],
                      "" if r.get("teacher_built", True) else "; everything was cached")
@@ -136,6 +140,85 @@ def build_shared(cfg, resources: TeacherResources) -> list[dict]:
                 records.append(build_view_cache(plan, to_dict(cfg), res))
     log.info("shared assets ready in %.0f s", time.time() - t0)
     return records
+
+
+def _plan_images_task(cfg_dict: dict) -> dict | None:
+    from vldistill.trainers.assets import plan_shared_images
+    from vldistill.trainers.config import from_dict
+
+    return plan_shared_images(from_dict(cfg_dict))
+
+
+def _decode_batch(batch: dict, folder: str, root: str, image_size: int) -> dict:
+    """Ray Data task: decode the image-store shards of ``batch`` (``data/store.py``)."""
+    import numpy as np
+    import ray
+
+    from vldistill.trainers.data.store import decode_shard
+
+    recs = [decode_shard(folder, root, image_size, str(n), int(i), list(p))
+            for n, i, p in zip(batch["set"], batch["shard"], batch["paths"])]
+    node = ray.get_runtime_context().get_node_id()
+    return {"images": np.array([r["images"] for r in recs]), "node": np.array([node] * len(recs))}
+
+
+def build_image_store(cfg_dict: dict, res: dict) -> dict:
+    """The image store (every set of the run decoded once, ``trainers/data/store.py``): a
+    Ray task writes the dataset (the embedded world) and plans it, then a Ray Data job of
+    1-CPU tasks over the cluster decodes the missing shards into the shared cache; the
+    driver writes ``meta.json`` last. Raises the builder's ``DataError`` (a named file)."""
+    import ray
+    import ray.data
+
+    from vldistill.trainers.data.folder import DataError
+    from vldistill.trainers.data.store import SHARD, StorePlan, write_meta
+
+    t0 = time.time()
+    task = ray.remote(max_calls=1)(_plan_images_task).options(num_cpus=1, name="vldistill-image-store-plan")
+    out = _unwrap(lambda: ray.get(task.remote(cfg_dict)), "the image-store plan")
+    if out is None:
+        return {"asset": "image store (cached)", "seconds": round(time.time() - t0, 2), "nodes": [],
+                "device": "cpu", "precision": "uint8", "teacher_built": False}
+    todo = [tuple(j) for j in out.pop("todo")]
+    plan = StorePlan(**out)
+    label = f"image store {plan.key}"
+    log.info("%s: %d of %d shards to decode (%d images at %d px) by Ray Data tasks of 1 CPU", label,
+             len(todo), len(plan.shards()), plan.images(), plan.image_size)
+    progress = _Progress(label, len(todo), unit="images")
+    items = [{"set": n, "shard": i, "paths": plan.sets[n]["paths"][i * SHARD:(i + 1) * SHARD]} for n, i in todo]
+    if items:
+        ds = ray.data.from_items(items).map_batches(
+            _decode_batch, fn_kwargs={"folder": plan.folder, "root": plan.root, "image_size": plan.image_size},
+            num_cpus=1, batch_size=1)
+
+        def run():
+            with _quiet_ray_data():
+                for row in ds.iter_rows():
+                    progress.update(row)
+        _unwrap(run, label, DataError)
+    seconds = time.time() - t0
+    nodes = sorted(progress.nodes)
+    write_meta(plan, [{"images": progress.forwards}], seconds, {"built_by": "ray-data", "nodes": nodes})
+    log.info("%s ready: %d images in %.1f s on %d node(s)", label, progress.forwards, seconds, len(nodes))
+    return {"asset": f"image store {plan.key} ({plan.images()} images at {plan.image_size} px)",
+            "seconds": round(seconds, 2), "images_per_s": round(progress.forwards / max(seconds, 1e-9), 1),
+            "nodes": nodes, "device": "cpu", "precision": "uint8", "teacher_built": False}
+
+
+def _unwrap(fn, what: str, *expected: type):
+    """Run ``fn``; an error of ours raised inside Ray comes back as itself (named)."""
+    import ray
+
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001  (Ray wraps user errors in several layers)
+        cause = e
+        while cause is not None:
+            if isinstance(cause, expected or (Exception,)) and not isinstance(cause, ray.exceptions.RayError) \
+                    and type(cause).__module__.startswith("vldistill"):
+                raise cause from None
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        raise AssetError(f"{what} failed: {e}") from None
 
 
 def _short(node: str) -> str:
@@ -210,8 +293,8 @@ class _Progress:
     The rate is the steady one: forwards since the first shard came back (actor start-up,
     imports and teacher loading excluded), over the time since then."""
 
-    def __init__(self, plan, todo: int, every: float = 10.0):
-        self.plan, self.todo, self.every = plan, todo, every
+    def __init__(self, label: str, todo: int, every: float = 10.0, unit: str = "forwards"):
+        self.label, self.todo, self.every, self.unit = label, todo, every, unit
         self.t0 = self.last = time.time()
         self.first: float | None = None
         self.done = self.forwards = self.after_first = 0
@@ -219,11 +302,11 @@ class _Progress:
 
     def update(self, row: dict) -> None:
         self.done += 1
-        self.forwards += int(row["forwards"])
+        self.forwards += int(row[self.unit])
         if self.first is None:
             self.first = time.time()
         else:
-            self.after_first += int(row["forwards"])
+            self.after_first += int(row[self.unit])
         self.nodes[str(row["node"])] = self.nodes.get(str(row["node"]), 0) + 1
         if time.time() - self.last >= self.every or self.done == self.todo:
             self.last = time.time()
@@ -237,7 +320,7 @@ class _Progress:
     def line(self) -> str:
         left = (self.todo - self.done) * self.forwards / max(self.done, 1)
         nodes = " ".join(f"{_short(n)}({k})" for n, k in sorted(self.nodes.items()))
-        return (f"view cache {self.plan.key}: {self.done}/{self.todo} shards, {self.rate():,.0f} images/s, "
+        return (f"{self.label}: {self.done}/{self.todo} shards, {self.rate():,.0f} images/s, "
                 f"ETA {_clock(left / max(self.rate(), 1e-9))}, nodes {nodes}")
 
 
@@ -262,7 +345,7 @@ def build_view_cache(plan, cfg_dict: dict, res: dict) -> dict:
     log.info("view cache %s: %d of %d shards to build (%d images x %d views) by up to %d actor(s) "
              "with %s CPU / %s GPU each", plan.key, len(todo), plan.shards, plan.images, plan.views,
              actors, res["cpu"], res["gpu"])
-    progress = _Progress(plan, len(todo))
+    progress = _Progress(f"view cache {plan.key}", len(todo))
     rows = []
     if todo:
         ds = ray.data.from_items([{"shard": i} for i in todo]).map_batches(

@@ -67,6 +67,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
     """
     import ray.train
 
+    from vldistill.platform.atomic_fs import checkpoint_source
     from vldistill.trainers.config import from_dict
     from vldistill.trainers.loop import train
 
@@ -80,7 +81,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
 
         class _TrainReporter:
             def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
-                checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+                checkpoint = checkpoint_source(checkpoint_dir) if checkpoint_dir else None
                 ray.train.report({**_numeric(metrics), NODES_KEY: nodes}, checkpoint=checkpoint)
 
         train(cfg, _TrainReporter(), work, build=False)  # shared assets: built before trials
@@ -135,8 +136,8 @@ def sweep_trainable(config: dict[str, Any]) -> None:
     workers: this function is the trial's driver and runs a ``TorchTrainer``.
     """
     from ray import tune
-    from ray.tune import Checkpoint
 
+    from vldistill.platform.atomic_fs import checkpoint_source
     from vldistill.search_spaces.loader import unflatten
     from vldistill.trainers.config import from_dict
     from vldistill.trainers.assets import MissingAssetError
@@ -169,7 +170,7 @@ def sweep_trainable(config: dict[str, Any]) -> None:
             def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
                 row = {**_numeric(metrics), NODES_KEY: node}
                 if checkpoint_dir:
-                    tune.report(row, checkpoint=Checkpoint.from_directory(checkpoint_dir))
+                    tune.report(row, checkpoint=checkpoint_source(checkpoint_dir))
                 else:
                     tune.report(row)
 

@@ -41,10 +41,10 @@ from typing import Any, Callable
 
 import torch
 
-from vldistill.trainers.cache import (TeacherCache, ViewCachePlan, build_lock, build_local, ensure_cache,
+from vldistill.trainers.cache import (TeacherCache, ViewCachePlan, _Flock, build_lock, build_local, ensure_cache,
                                       is_complete, plan_view_cache, ShardEncoder)
 from vldistill.trainers.config import ConfigError, TrainConfig
-from vldistill.trainers.data.folder import DatasetInfo, Splits, build_splits, read_dataset
+from vldistill.trainers.data.folder import DatasetInfo, Splits, read_dataset
 from vldistill.trainers.data.world import World, WorldSpec
 from vldistill.trainers.evaluation import eval_sizes, evaluate, floors
 from vldistill.trainers.teachers import (LazyTeacher, Teacher, cache_root, embedded_key, load_teacher)
@@ -258,6 +258,44 @@ def _feeds(cfg: TrainConfig, splits: Splits, teacher, base_key: str, build: bool
     return _FEEDS[key]
 
 
+def image_store_plan(cfg: TrainConfig, info: DatasetInfo, load_train: bool = True):
+    """The image store of this config's splits (``data/store.py``; nothing is decoded)."""
+    from vldistill.trainers.data import store
+
+    d = cfg.data
+    return store.plan_store(info, d.image_size, d.train_fraction, d.images_per_class, d.split_seed,
+                            d.shift_domains, d.max_eval_per_class, cache_root(cfg.cache_dir), load_train)
+
+
+def plan_shared_images(cfg: TrainConfig) -> dict | None:
+    """The sweep's data stage (a Ray task): write the dataset if it is the embedded world,
+    plan the image store and allocate its files; the plan (a dict) when shards are missing."""
+    from dataclasses import asdict as _asdict
+
+    from vldistill.trainers.data import store
+
+    info = resolve_dataset(cfg, progress=False, build=True)
+    plan = image_store_plan(cfg, info, load_train=cfg.data.train_source != "synthetic")
+    if store.is_complete(plan):
+        return None
+    return {**_asdict(plan), "todo": store.allocate(plan)}
+
+
+def load_splits(cfg: TrainConfig, info: DatasetInfo, build: bool = True, load_train: bool = True) -> Splits:
+    """The run's image sets, memory-mapped from the image store (``data/store.py``);
+    ``build=True`` decodes a missing store here first (forked workers, one per core)."""
+    from vldistill.trainers.data import store
+
+    plan = image_store_plan(cfg, info, load_train)
+    if not store.is_complete(plan):
+        _require(build, f"the image store ({plan.images()} images at {plan.image_size} px)", Path(plan.folder))
+        Path(plan.folder).mkdir(parents=True, exist_ok=True)
+        with _Flock(Path(plan.folder) / ".lock"):
+            if not store.is_complete(plan):
+                store.build_local(plan, cfg.progress)
+    return store.open_splits(plan, info)
+
+
 def _teacher(cfg: TrainConfig, build: bool) -> Teacher | LazyTeacher:
     """The configured teacher; lazy for open_clip (built only if something computes)."""
     if cfg.teacher.name == "embedded":
@@ -299,8 +337,7 @@ def prepare(cfg: TrainConfig, build: bool = True) -> tuple[Splits, Teacher | Laz
     info = resolve_dataset(cfg, cfg.progress, build)
     d = cfg.data
     synthetic = d.train_source == "synthetic"
-    splits = build_splits(info, d.image_size, d.train_fraction, d.images_per_class, d.split_seed,
-                          d.shift_domains, d.max_eval_per_class, cfg.progress, load_train=not synthetic)
+    splits = load_splits(cfg, info, build, load_train=not synthetic)
     teacher = _teacher(cfg, build)
     device, bf16 = teacher_placement(cfg) if build else (torch.device("cpu"), False)
     worker = teacher.to(device) if build else _ReadOnlyTeacher(teacher, root)

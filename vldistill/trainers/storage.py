@@ -174,8 +174,8 @@ def _entries(root: Path) -> list[str]:
             if Path(root).is_dir() else []:
         out += [f"{sub.name}/{e.name}" for e in sorted(sub.iterdir())
                 if not e.name.startswith(".") and ".tmp" not in e.name and not e.name.endswith(DONE)
-                # a view cache is complete once its meta.json is written (after every shard)
-                and (sub.name != "teacher_cache" or (e / "meta.json").is_file())]
+                # a view cache / image store is complete once its meta.json is written (last)
+                and (sub.name not in ("teacher_cache", "images") or (e / "meta.json").is_file())]
     return out
 
 
@@ -187,9 +187,23 @@ def pull_cache(uri: str) -> Path:
         names = set(remote.children(sub))
         for name in sorted(n for n in names if not n.endswith(DONE) and n + DONE in names):
             if not (local / sub / name).exists():
-                log.info("cache: downloading %s/%s from %s", sub, name, uri)
-                remote.get(f"{sub}/{name}", local / sub / name)
+                _pull_once(remote, f"{sub}/{name}", local)
     return local
+
+
+def _pull_once(remote: Remote, entry: str, local: Path) -> None:
+    """Download one entry to this node unless another process on the node already did:
+    an exclusive ``flock`` per entry, so the trials of a node fetch it once between them
+    (the others wait, then read the same local copy)."""
+    import fcntl
+
+    locks = local / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / (entry.replace("/", "-") + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        if not (local / entry).exists():
+            log.info("cache: downloading %s from %s", entry, remote.uri)
+            remote.get(entry, local / entry)
 
 
 def push_cache(uri: str, local: Path) -> list[str]:

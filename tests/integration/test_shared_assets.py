@@ -41,7 +41,7 @@ DRIVER = textwrap.dedent("""
     logging.getLogger("vldistill").setLevel(logging.INFO)  # the driver's progress lines, as the CLI logs them
     out, cache, info = sys.argv[1:4]
     overrides = json.loads(sys.argv[4])
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0})  # as cluster.yaml
     workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     os.environ["RAY_ADDRESS"] = cluster.address
@@ -97,7 +97,8 @@ def test_the_view_cache_is_built_only_on_the_gpu_workers_and_never_by_the_driver
     assert meta["teacher_resources"]["gpu"] == 1.0 and meta["devices"] == ["cpu"]  # declared GPU, no CUDA
     assert info["teachers_in_driver"] == 0  # the driver never built a teacher
     summary = json.loads((cluster_run["out"] / "sweep.json").read_text())
-    prep, views = summary["assets"]
+    store, prep, views = summary["assets"]
+    assert store["asset"].startswith("image store") and set(store["nodes"]) <= set(info["workers"])
     assert set(prep["nodes"]) <= set(info["workers"])  # text, metrics, eval embeddings: a GPU node too
     assert views["nodes"] == meta["nodes"] and views["images_per_s"] > 0
     assert "view cache" in cluster_run["log"] and "images/s" in cluster_run["log"]  # the progress line

@@ -341,14 +341,34 @@ class _Lock:
 
 
 def _concurrency(resources, cluster: dict) -> int:
-    """Trials at once: ``resources.max_concurrent`` if set, else what the cluster holds now."""
-    if resources.max_concurrent is not None:
-        return resources.max_concurrent
+    """Trials that fit the cluster as it is now (CPUs, GPUs and memory; at least 1)."""
     per_trial = resources.cpu * resources.workers + (0.01 if resources.workers > 1 else 0.0)
     limits = [int(cluster.get("CPU", 1) // max(per_trial, 1e-9))]
     if resources.gpu > 0:
         limits.append(int(cluster.get("GPU", 0) // (resources.gpu * resources.workers)))
+    if "memory" in cluster:
+        limits.append(int(cluster["memory"] // (resources.memory * 2**30 * resources.workers)))
     return max(1, min(limits))
+
+
+QUEUE_CAP = 200  # Ray Tune's own default queue of pending trials for autoscaling
+
+
+def queue_depth(space, cluster: dict) -> tuple[int, str]:
+    """Tune's ``max_concurrent_trials`` (trials started or queued at once) and why.
+
+    Not "what fits now": an autoscaling cluster with no worker yet fits nothing, and a
+    fixed count taken at start would run one trial at a time forever. Queued trials are
+    the demand the autoscaler scales up to; Ray only starts what fits.
+    """
+    total = space.trial_count()
+    if space.resources.max_concurrent is not None:
+        return space.resources.max_concurrent, "resources.max_concurrent"
+    if space.sampler == "tpe" and space.design is None:
+        fit = _concurrency(space.resources, cluster)
+        return min(total, max(fit, 10)), (f"tpe: max({fit} that fit now, 10 drawn at random by TPE anyway); "
+                                          "set resources.max_concurrent to queue more")
+    return min(total, QUEUE_CAP), f"every trial queued (at most {QUEUE_CAP}); Ray runs what fits"
 
 
 _QUIET_WARNINGS = "ignore::DeprecationWarning"
@@ -407,13 +427,15 @@ def prepare_shared(cfg, teacher_resources: dict | None = None) -> list[dict]:
 
 
 def _split_teacher_resources(overrides: Sequence[str]) -> tuple[list[str], dict]:
-    """``teacher_resources.<key>=<value>`` tokens of the command line, apart from the
+    """``teacher_resources.<key>=<value>`` and ``resources.<key>=<value>`` tokens of the
+    command line (``{"teacher_resources": {...}, "resources": {...}}``), apart from the
     Hydra overrides every trial gets."""
     rest, res = [], {}
     for tok in overrides:
-        if tok.startswith("teacher_resources.") and "=" in tok:
+        head = tok.split(".", 1)[0]
+        if head in ("teacher_resources", "resources") and "." in tok and "=" in tok:
             key, value = tok.split("=", 1)
-            res[key.split(".", 1)[1]] = yaml.safe_load(value)
+            res.setdefault(head, {})[key.split(".", 1)[1]] = yaml.safe_load(value)
         else:
             rest.append(tok)
     return rest, res
@@ -467,19 +489,22 @@ def checked_base_config(space, overrides: Sequence[str] = ()):
     return base
 
 
-def with_teacher_resources(space, teacher_res: dict):
-    """``space`` with the command line's ``teacher_resources.<key>=...`` winning over its own."""
-    if not teacher_res:
+def with_teacher_resources(space, overrides: dict):
+    """``space`` with the command line's ``teacher_resources.<key>=...`` and
+    ``resources.<key>=...`` winning over its own (checked like the space's own)."""
+    if not overrides:
         return space
     from dataclasses import replace as _replace
 
-    from vldistill.search_spaces.loader import SearchSpaceError, _Err, parse_teacher_resources
-    merged = {**space.teacher_resources, **teacher_res}
+    from vldistill.search_spaces.loader import SearchSpaceError, _Err, _parse_resources, parse_teacher_resources
+    err = _Err(space.source or space.name)
     try:
-        parse_teacher_resources(_Err(space.source or space.name), merged)
+        teacher = {**space.teacher_resources, **overrides.get("teacher_resources", {})}
+        parse_teacher_resources(err, teacher)
+        trial = _parse_resources(err, {**space.resources.to_dict(), **overrides.get("resources", {})})
     except SearchSpaceError as e:
         raise SweepError(str(e)) from None
-    return _replace(space, teacher_resources=merged)
+    return _replace(space, teacher_resources=teacher, resources=trial)
 
 
 def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str | None = None,
@@ -607,10 +632,11 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
     # every checkpoint (num_to_keep=1) and warns about it each time; the snapshot is tiny.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = _init_ray(address, driver_cpu=0.01 if res.workers > 1 else 0.0)
+    memory = int(res.memory * 2**30)  # bytes, per worker
     if res.workers > 1:  # the driver holds a sliver; the TorchTrainer's workers hold the rest
         trainable = tune.with_resources(sweep_trainable, {"cpu": 0.01})
     else:
-        trainable = tune.with_resources(sweep_trainable, {"cpu": res.cpu, "gpu": res.gpu})
+        trainable = tune.with_resources(sweep_trainable, {"cpu": res.cpu, "gpu": res.gpu, "memory": memory})
     storage_path = remote_uri or str(sweep_dir)  # Tune and inner trainers write here directly
     if resume:
         tuner = tune.Tuner.restore(f"{storage_path}/{TUNE_DIR}", trainable=trainable,
@@ -624,7 +650,7 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
                                              .encode()).hexdigest()[:16]
         if res.workers > 1:
             constants[WORKERS_KEY] = res.workers
-            constants[RESOURCES_KEY] = {"CPU": res.cpu, "GPU": res.gpu}
+            constants[RESOURCES_KEY] = {"CPU": res.cpu, "GPU": res.gpu, "memory": memory}
             constants[STORAGE_KEY] = f"{storage_path}/train"
             constants[PLACEMENT_KEY] = res.placement
         if space.sampler == "grid":  # ignores the sampler's study.stop() (invalid outside optimize)
@@ -654,11 +680,13 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
             "cpu": space.resources.cpu, "gpu": space.resources.gpu, "workers": space.resources.workers},
             total, remote_uri)]
         callbacks += _wandb_callback(sweep_dir, space.name, wandb)
+        depth, why = queue_depth(space, ray.cluster_resources())
+        log.info("%d trial(s): up to %d started or queued at once (%s); %d fit the cluster now", total, depth,
+                 why, _concurrency(space.resources, ray.cluster_resources()))
         tuner = tune.Tuner(
             trainable, param_space=constants,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
-                                        max_concurrent_trials=_concurrency(space.resources,
-                                                                           ray.cluster_resources()),
+                                        max_concurrent_trials=depth,
                                         reuse_actors=True),
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=storage_path,
                                       storage_filesystem=_storage_fs(storage_path), callbacks=callbacks,

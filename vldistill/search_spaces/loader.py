@@ -58,7 +58,7 @@ _REQUIRED = ("metric", "mode")
 _RACING_KEYS = ("min", "max", "margin", "alpha")
 _SPEC_KEYS = KINDS + ("baseline", "when")
 _SCHEDULER_KEYS = ("type", "max_t", "grace_period", "reduction_factor")
-_RESOURCE_KEYS = ("cpu", "gpu", "workers", "placement", "max_concurrent")
+_RESOURCE_KEYS = ("cpu", "gpu", "memory", "workers", "placement", "max_concurrent")
 PLACEMENTS = ("pack", "spread", "strict_pack", "strict_spread")
 TEACHER_RESOURCE_KEYS = ("cpu", "gpu", "max_actors")
 
@@ -244,8 +244,12 @@ def _parse_resources(err: _Err, raw: Any) -> Resources:
     if placement not in PLACEMENTS:
         raise err("resources.placement", f"must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     if cap is not None and (not _is_int(cap) or cap < 1):
-        raise err("resources.max_concurrent", f"must be an integer >= 1 (or null: from the cluster), got {cap!r}")
-    return Resources(cpu=float(cpu), gpu=float(gpu), workers=workers, placement=placement, max_concurrent=cap)
+        raise err("resources.max_concurrent", f"must be an integer >= 1 (or null: every trial queued), got {cap!r}")
+    memory = raw.get("memory", Resources.memory)
+    if not _is_number(memory) or memory <= 0:
+        raise err("resources.memory", f"must be a number > 0 (GiB per worker), got {memory!r}")
+    return Resources(cpu=float(cpu), gpu=float(gpu), memory=float(memory), workers=workers, placement=placement,
+                     max_concurrent=cap)
 
 
 def parse_teacher_resources(err: _Err, raw: Any) -> dict:

@@ -146,19 +146,29 @@ class Resources:
     ``placement`` is the Ray placement strategy of a multi-worker trial's worker group
     (``pack``: as few nodes as possible, Ray's default; ``spread``: across nodes when it can;
     ``strict_spread``: every worker on a different node -- a DDP trial that must span nodes).
-    ``max_concurrent`` caps the trials running at once; ``None`` derives it from the cluster's
-    CPUs/GPUs when the sweep starts (set it on an autoscaling cluster, whose nodes do not
-    exist yet at that moment).
+    ``memory`` (GiB per worker) is a Ray resource request like ``cpu``: Ray places a trial
+    only where that much memory is free, and an autoscaler counts it. The default, 2 GiB,
+    covers the platform's trials (a ResNet-18 student's trial peaked at ~1.5 GB of private
+    memory; with the image store that no longer grows with the dataset, see docs/cluster.md).
+    ``max_concurrent`` caps the trials Tune keeps started-or-queued at once. ``None`` (the
+    default) queues every trial of the space (at most 200, Tune's own default queue for
+    autoscaling), or for ``sampler: tpe`` the larger of what fits the cluster now and 10
+    (Optuna's TPE draws its first 10 points at random anyway, so queueing them costs the
+    search nothing; later points wait for results). Queued trials are what an autoscaling
+    cluster sees as demand; Ray still runs only what fits.
     """
 
     cpu: float = 1.0
     gpu: float = 0.0
+    memory: float = 2.0
     workers: int = 1
     placement: str = "pack"
     max_concurrent: int | None = None
 
     def to_dict(self) -> dict:
         out = {"cpu": self.cpu, "gpu": self.gpu, "workers": self.workers}
+        if self.memory != Resources.memory:
+            out["memory"] = self.memory
         if self.placement != "pack":
             out["placement"] = self.placement
         if self.max_concurrent is not None:

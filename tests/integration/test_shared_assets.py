@@ -78,8 +78,9 @@ DRIVER = textwrap.dedent("""
 def cluster_run(ray_env, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("shared-assets")
     out, cache, info = work / "sweep", work / "cache", work / "info.json"
+    env = {**ray_env, "VLDISTILL_STORE_INLINE_MB": "0"}  # the image store by a Ray Data job, even this small one
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(out), str(cache), str(info), json.dumps(OVERRIDES)],
-                          env=ray_env, capture_output=True, text=True, timeout=1500)
+                          env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0 and info.is_file(), proc.stdout[-3000:] + proc.stderr[-6000:]
     return {"out": out, "cache": cache, "info": json.loads(info.read_text()), "log": proc.stderr}
 
@@ -98,7 +99,9 @@ def test_the_view_cache_is_built_only_on_the_gpu_workers_and_never_by_the_driver
     assert info["teachers_in_driver"] == 0  # the driver never built a teacher
     summary = json.loads((cluster_run["out"] / "sweep.json").read_text())
     store, prep, views = summary["assets"]
-    assert store["asset"].startswith("image store") and set(store["nodes"]) <= set(info["workers"])
+    assert store["asset"].startswith("image store") and store["nodes"] and set(store["nodes"]) <= set(info["workers"])
+    (smeta,) = [json.loads(p.read_text()) for p in (cluster_run["cache"] / "images").glob("*/meta.json")]
+    assert smeta["built_by"] == "ray-data" and set(smeta["nodes"]) <= set(info["workers"])
     assert set(prep["nodes"]) <= set(info["workers"])  # text, metrics, eval embeddings: a GPU node too
     assert views["nodes"] == meta["nodes"] and views["images_per_s"] > 0
     assert "view cache" in cluster_run["log"] and "images/s" in cluster_run["log"]  # the progress line

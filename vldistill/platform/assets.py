@@ -143,10 +143,13 @@ def build_shared(cfg, resources: TeacherResources) -> list[dict]:
 
 
 def _plan_images_task(cfg_dict: dict) -> dict | None:
+    import ray
+
     from vldistill.trainers.assets import plan_shared_images
     from vldistill.trainers.config import from_dict
 
-    return plan_shared_images(from_dict(cfg_dict))
+    out = plan_shared_images(from_dict(cfg_dict))
+    return out if out is None else {**out, "node": ray.get_runtime_context().get_node_id()}
 
 
 def _decode_batch(batch: dict, folder: str, root: str, image_size: int) -> dict:
@@ -176,9 +179,14 @@ def build_image_store(cfg_dict: dict, res: dict) -> dict:
     t0 = time.time()
     task = ray.remote(max_calls=1)(_plan_images_task).options(num_cpus=1, name="vldistill-image-store-plan")
     out = _unwrap(lambda: ray.get(task.remote(cfg_dict)), "the image-store plan")
-    if out is None:
-        return {"asset": "image store (cached)", "seconds": round(time.time() - t0, 2), "nodes": [],
-                "device": "cpu", "precision": "uint8", "teacher_built": False}
+    if out is None or "built_here" in out:
+        what = "cached" if out is None else (f"{out['key']}, {out['built_here']} images at {out['image_size']} px, "
+                                              "decoded in the planning task")
+        log.info("image store ready (%s)", what)
+        return {"asset": f"image store ({what})", "seconds": round(time.time() - t0, 2),
+                "nodes": [] if out is None else [out["node"]], "device": "cpu", "precision": "uint8",
+                "teacher_built": False}
+    node = out.pop("node")
     todo = [tuple(j) for j in out.pop("todo")]
     plan = StorePlan(**out)
     label = f"image store {plan.key}"
@@ -198,7 +206,8 @@ def build_image_store(cfg_dict: dict, res: dict) -> dict:
         _unwrap(run, label, DataError)
     seconds = time.time() - t0
     nodes = sorted(progress.nodes)
-    write_meta(plan, [{"images": progress.forwards}], seconds, {"built_by": "ray-data", "nodes": nodes})
+    write_meta(plan, [{"images": progress.forwards}], seconds, {"built_by": "ray-data", "nodes": nodes,
+                                                                "planned_on": node})
     log.info("%s ready: %d images in %.1f s on %d node(s)", label, progress.forwards, seconds, len(nodes))
     return {"asset": f"image store {plan.key} ({plan.images()} images at {plan.image_size} px)",
             "seconds": round(seconds, 2), "images_per_s": round(progress.forwards / max(seconds, 1e-9), 1),

@@ -3,6 +3,11 @@ memory-mapped; resumable by shard; a corrupt image named; ``prepare`` reads it."
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+
 import pytest
 import torch
 
@@ -74,3 +79,31 @@ def test_a_different_split_recipe_or_resolution_is_another_store(world, tmp_path
             _plan(world, tmp_path, images_per_class=3).key, _plan(world, tmp_path, max_eval_per_class=1).key}
     assert len(keys) == 4
     assert _plan(world, tmp_path).key == _plan(world, tmp_path).key
+
+
+def _race(args):
+    """A process asking for the store: ``load_splits`` with build=True."""
+    from vldistill.trainers import assets
+    cfg, info, log = args
+    real = store.build_local
+
+    def counted(plan, *a, **k):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)  # hold the lock long enough for the other process to queue on it
+        return real(plan, *a, **k)
+    store.build_local = counted
+    splits = assets.load_splits(cfg, info, build=True)
+    return int(splits.train.images.numpy().sum(dtype="int64"))  # numpy: torch ops after fork can deadlock
+
+
+def test_two_processes_asking_at_once_build_the_store_once(tmp_path):
+    from vldistill.platform.cli import load_train_config
+    from vldistill.trainers.assets import resolve_dataset
+    cfg = load_train_config(["experiment=smoke", f"cache_dir={tmp_path / 'cache'}", "data.image_size=20"])
+    info = resolve_dataset(cfg, progress=False)  # the smoke world, written once here
+    log = tmp_path / "builds.txt"
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        sums = list(pool.map(_race, [(cfg, info, log)] * 2))
+    assert len(log.read_text().split()) == 1  # one builder; the other waited, then read it
+    assert sums[0] == sums[1] > 0

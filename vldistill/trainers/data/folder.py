@@ -145,15 +145,22 @@ def load_images(paths: Sequence[Path], size: int, progress: bool = False,
     """
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i, p in enumerate(tqdm(paths, desc=desc, disable=not progress, leave=False)):
-        try:
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.BICUBIC)
-                out[i] = np.asarray(im)
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise DataError(f"cannot read image {p}: {e}") from None
+        out[i] = decode_image(p, size)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """One image as ``uint8 [size, size, 3]`` (RGB, bicubic resize); numpy only, so that
+    forked decoders never touch torch's thread pool (an OpenMP pool inherited across
+    ``fork`` deadlocks). Raises :class:`DataError` naming the file."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BICUBIC)
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
 
 
 @dataclass

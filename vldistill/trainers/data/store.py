@@ -49,8 +49,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vldistill.trainers.data.folder import (DataError, DatasetInfo, LabelledImages, Splits, list_images,
-                                            load_images, split_paths)
+from vldistill.trainers.data.folder import (DataError, DatasetInfo, LabelledImages, Splits, decode_image,
+                                            list_images, split_paths)
 
 log = logging.getLogger(__name__)
 SHARD = 1024  # images per unit of decoding work
@@ -161,7 +161,8 @@ def decode_shard(folder: str, root: str, image_size: int, name: str, shard: int,
     t0 = time.time()
     out = np.load(_set_file(Path(folder), name), mmap_mode="r+")
     start = shard * SHARD
-    out[start:start + len(chunk)] = load_images([Path(root) / p for p in chunk], image_size).numpy()
+    for i, p in enumerate(chunk):  # numpy only: safe in forked processes
+        out[start + i] = decode_image(Path(root) / p, image_size).transpose(2, 0, 1)
     out.flush()
     del out
     (Path(folder) / DONE / f"{name}-{shard}").write_text("")

@@ -17,7 +17,7 @@ resources and Hydra overrides; see :mod:`~vldistill.search_spaces.loader` for th
 Shipped: ``smoke``, ``default``, ``p1_losses``, ``p1_loco``, ``students``. TODO (owned by the methods
 issue): ``attribute_sources``, ``prompt_diversification``, ``dime_fm`` and ``distillvlm``
 ship once their config keys (attribute sources, prompt strategies, P2/P4 loss settings)
-exist in ``trainers/config.py``; the validator rejects spaces naming keys that do not.
+exist in ``trainers/config/schema.py``; the validator rejects spaces naming keys that do not.
 
 Nothing here imports ray (only the sweep driver under ``platform/`` does).
 """

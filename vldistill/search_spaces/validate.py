@@ -27,7 +27,7 @@ import types
 import typing
 from typing import Any
 
-from vldistill.search_spaces.dotted import set_dotted
+from vldistill.trainers.config.dotted import set_dotted
 from vldistill.search_spaces.spec import ParamSpec, SearchSpace, SearchSpaceError, same_value
 
 log = logging.getLogger(__name__)

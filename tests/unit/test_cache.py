@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vldistill.platform.cli import load_train_config
 from vldistill.trainers.cache import ensure_cache
+from vldistill.trainers.config import load_train_config
 from vldistill.trainers.data.views import make_views, view_seed
 from vldistill.trainers.loop import LogReporter, prepare, train
 

@@ -91,9 +91,8 @@ def test_bad_designs_name_the_key(design, msg):
 
 
 def test_p1_loco_ships_validates_and_round_trips(tmp_path):
-    from vldistill.platform.cli import load_train_config
     from vldistill.search_spaces import validate_search_space
-    from vldistill.trainers.config import to_dict
+    from vldistill.trainers.config import load_train_config, to_dict
 
     space = load_search_space("p1_loco")
     assert [p.name for p in space.design.points] == [
@@ -108,9 +107,8 @@ def test_p1_loco_ships_validates_and_round_trips(tmp_path):
 
 
 def test_design_points_are_checked_before_launch():
-    from vldistill.platform.cli import load_train_config
     from vldistill.search_spaces import validate_search_space
-    from vldistill.trainers.config import to_dict
+    from vldistill.trainers.config import load_train_config, to_dict
 
     base = to_dict(load_train_config([]))
     bad = _space({"type": "loco", "components": {"x": {"optim.epochs": "ten"}}})

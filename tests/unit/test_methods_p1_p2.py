@@ -12,9 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vldistill.platform.cli import load_train_config
 from vldistill.trainers import loop
-from vldistill.trainers.config import ConfigError, TextConfig, from_dict, to_dict
+from vldistill.trainers.config import ConfigError, TextConfig, from_dict, load_train_config, to_dict
 from vldistill.trainers.data.folder import DataError, DatasetInfo, UnlabelledImages
 from vldistill.trainers.data.world import World, WorldSpec
 from vldistill.trainers.evaluation import few_shot_accuracy, few_shot_split, linear_probe_accuracy

@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from vldistill.platform.cli import UsageError, load_train_config
+from vldistill.trainers.config import ConfigError, load_train_config
 from vldistill.trainers.data.folder import DataError, build_splits
 from vldistill.trainers.loop import LogReporter, load_checkpoint, resolve_dataset, train
 
@@ -49,7 +49,7 @@ def test_p3_trains_on_synthetic_images_without_opening_a_real_training_image(tmp
 
 
 def test_p3_refuses_a_caption_loss(smoke_overrides):
-    with pytest.raises(UsageError, match="distill.weights.cap"):
+    with pytest.raises(ConfigError, match="distill.weights.cap"):
         load_train_config([*smoke_overrides, "distill=p3_none", "+distill.weights.cap=1.0"])
 
 
@@ -84,9 +84,9 @@ def test_p4_trains_a_vit_student_on_tokens_and_resumes_with_the_loss_state(smoke
 
 
 def test_p4_with_a_resnet_student_or_teacher_is_a_config_error_naming_it(smoke_overrides):
-    with pytest.raises(UsageError, match="student.name"):
+    with pytest.raises(ConfigError, match="student.name"):
         load_train_config([*smoke_overrides, *P4, "student.name=resnet18", "student.kwargs={}"])
-    with pytest.raises(UsageError, match="teacher"):
+    with pytest.raises(ConfigError, match="teacher"):
         load_train_config([*smoke_overrides, *P4, "teacher.embedded.model=vldistill-rn10t-tiny"])
 
 

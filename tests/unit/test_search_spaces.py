@@ -23,7 +23,7 @@ SHIPPED = list_search_spaces()
 @pytest.fixture(scope="module")
 def compose():
     """Composed, typed-and-back default config for a list of overrides (memoised)."""
-    from vldistill.platform.cli import compose_config
+    from vldistill.trainers.config import compose_config
     from vldistill.trainers.config import from_dict, to_dict
 
     cache: dict[tuple, dict] = {}

@@ -7,9 +7,8 @@ import timm
 import torch
 from torch import nn
 
-from vldistill.platform.cli import compose_config
 from vldistill.trainers.config import (ConfigError, EmbeddedTeacherConfig, StudentConfig,
-                                       TeacherConfig, from_dict)
+                                       TeacherConfig, compose_config, from_dict)
 from vldistill.trainers.data.world import WorldSpec
 from vldistill.trainers.losses import build_loss
 from vldistill.trainers.students import Student, check_token_student

@@ -11,8 +11,8 @@ Verbs (their user-facing help is ``VERBS`` below, shown by ``vldistill --help``)
     ``vldistill spaces``  the shipped search spaces with their questions and costs.
 
 Config errors exit with code 2 and one message naming the key or file, before anything is
-written. Hydra is used only to *compose* the config (``initialize_config_module`` +
-``compose``); it never changes the working directory.
+written. Composing and checking the config is ``trainers/config/`` (``load_train_config``,
+re-exported here for the scripts that import it from the CLI).
 """
 
 from __future__ import annotations
@@ -27,67 +27,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from vldistill.trainers.config import compose_config, load_train_config  # noqa: F401  (re-exported)
+
 log = logging.getLogger("vldistill")
 
 
 class UsageError(Exception):
     """Bad command-line input; printed without a traceback, exit code 2."""
-
-
-def compose_config(overrides: Sequence[str]) -> dict:
-    """Compose ``vldistill/conf`` with Hydra overrides into a plain, resolved dict."""
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_module(config_module="vldistill.conf", version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except (HydraException, OmegaConfBaseException) as e:
-        m = re.match(r"Could not override '([^']+)'", str(e))
-        hint = _unknown_key_hint(m.group(1)) if m else None
-        raise UsageError(hint or f"config: {e}".strip()) from None
-
-
-def _unknown_key_hint(key: str) -> str | None:
-    """``unknown config key 'optim.lrr'; valid keys under 'optim': ...`` (None if ``key`` exists)."""
-    import dataclasses
-    import typing
-
-    from vldistill.trainers.config import TrainConfig
-
-    tp, parts = TrainConfig, key.split(".")
-    for part in parts[:-1]:
-        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
-        if part not in hints:
-            return None
-        tp = hints[part]
-    if not dataclasses.is_dataclass(tp) or parts[-1] in {f.name for f in dataclasses.fields(tp)}:
-        return None
-    parent = ".".join(parts[:-1]) or "<root>"
-    return (f"unknown config key '{key}'; valid keys under '{parent}': "
-            f"{', '.join(f.name for f in dataclasses.fields(tp))}")
-
-
-def load_train_config(overrides: Sequence[str]):
-    """Compose + validate; the returned config has absolute paths."""
-    from vldistill.trainers.config import ConfigError, from_dict
-
-    raw = compose_config(overrides)
-    for key in ("out_dir", "cache_dir"):
-        if raw.get(key) and "://" not in str(raw[key]):  # storage URIs stay as they are
-            raw[key] = str(Path(raw[key]).expanduser().resolve())
-    if raw.get("data", {}).get("root"):
-        raw["data"]["root"] = str(Path(raw["data"]["root"]).expanduser().resolve())
-    try:
-        cfg = from_dict(raw)
-        from vldistill.trainers.loop import check_registries
-        check_registries(cfg)
-        return cfg
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
 
 
 def _floor(metrics: dict, task: str) -> float:

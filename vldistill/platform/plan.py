@@ -226,7 +226,7 @@ def _assets(space, base) -> list[str]:
 
 def plan_text(space_ref: str | None, overrides: Sequence[str] = (), address: str | None = None) -> str:
     """The plan of ``vldistill sweep [search_space=...] [overrides]``; raises what the sweep
-    would raise (``SweepError`` / ``UsageError``) for an invalid space or override."""
+    would raise (``SweepError`` / ``ConfigError``) for an invalid space or override."""
     from vldistill.platform.sweep import (_split_teacher_resources, checked_base_config, load_space,
                                           with_teacher_resources)
 

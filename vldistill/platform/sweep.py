@@ -476,7 +476,7 @@ def load_space(space_ref: str | None):
 def checked_base_config(space, overrides: Sequence[str] = ()):
     """The base config of a new sweep (the space's overrides, then the user's), with the
     space checked against it: the checks, and errors, of every new sweep and of ``--plan``."""
-    from vldistill.platform.cli import load_train_config
+    from vldistill.trainers.config import load_train_config
     from vldistill.search_spaces.loader import SearchSpaceError, validate_search_space
     from vldistill.trainers.config import to_dict
 

@@ -12,12 +12,12 @@ resources and Hydra overrides; see :mod:`~vldistill.search_spaces.loader` for th
 - ``samplers.py``: an ask-and-tell-safe ``GridSampler`` (imports optuna; loaded lazily).
 - ``designs.py``: ablation designs (loco, add_one, one_at_a_time, full/fractional factorial)
   and the comparisons a space defines (what the report and the race decide).
-- ``dotted.py``: ``get_dotted``/``set_dotted``/``flatten``/``unflatten``.
+- ``get_dotted``/``set_dotted``/``flatten``/``unflatten`` (re-exported from ``trainers/config/dotted.py``).
 
 Shipped: ``smoke``, ``default``, ``p1_losses``, ``p1_loco``, ``students``. TODO (owned by the methods
 issue): ``attribute_sources``, ``prompt_diversification``, ``dime_fm`` and ``distillvlm``
 ship once their config keys (attribute sources, prompt strategies, P2/P4 loss settings)
-exist in ``trainers/config.py``; the validator rejects spaces naming keys that do not.
+exist in ``trainers/config/schema.py``; the validator rejects spaces naming keys that do not.
 
 Nothing here imports ray (only the sweep driver under ``platform/`` does).
 """

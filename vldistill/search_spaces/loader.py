@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from vldistill.search_spaces.designs import parse_design, space_comparisons
-from vldistill.search_spaces.dotted import flatten, get_dotted, set_dotted, unflatten
+from vldistill.trainers.config.dotted import flatten, get_dotted, set_dotted, unflatten
 from vldistill.search_spaces.spec import (CATEGORICAL_KINDS, KINDS, MODES, SAMPLERS, SCHEDULERS,
                                           ParamSpec, Racing, Resources, Scheduler, SearchSpace,
                                           SearchSpaceError, same_value)

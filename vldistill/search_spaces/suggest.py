@@ -13,7 +13,7 @@ import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from vldistill.search_spaces.dotted import set_dotted
+from vldistill.trainers.config.dotted import set_dotted
 from vldistill.search_spaces.spec import DESIGN_PARAM, SearchSpace, SearchSpaceError
 
 if TYPE_CHECKING:

@@ -3,9 +3,9 @@
 A sweep should fail in its first second, not in its fortieth trial. Every parameter key must
 be a path of ``TrainConfig`` (walked field by field; a ``dict[str, X]`` field such as
 ``distill.weights`` accepts any sub-key with values of type ``X``). Every value a trial can
-set is then checked in combination with the base config -- ``config.from_dict`` (types,
-ranges, the world's recipe) and ``trainers/checks.check_config`` (registry names, loss /
-student / teacher / data compatibility, files): first each value alone, then the
+set is then checked in combination with the base config -- ``config.from_dict`` (types)
+and ``config.check`` (ranges, the world's recipe, registry names, loss / student / teacher /
+data compatibility, files): first each value alone, then the
 combinations of all parameters' values (choices, numeric bounds and baselines; inactive
 ``when`` params left out), all of them up to :data:`MAX_POINTS`, else a seeded sample of
 that many (the message says which). Every problem found is reported at once (up to
@@ -27,7 +27,7 @@ import types
 import typing
 from typing import Any
 
-from vldistill.search_spaces.dotted import set_dotted
+from vldistill.trainers.config.dotted import set_dotted
 from vldistill.search_spaces.spec import ParamSpec, SearchSpace, SearchSpaceError, same_value
 
 log = logging.getLogger(__name__)
@@ -125,21 +125,20 @@ def _yaml_hint(value: Any) -> str:
 
 def _point_problem(base_config: dict, assignment: dict[str, Any]) -> str | None:
     """The rule that ``assignment`` (dotted key -> value) breaks on top of ``base_config``."""
-    from vldistill.trainers.checks import check_config
-    from vldistill.trainers.config import ConfigError, from_dict
+    from vldistill.trainers.config import ConfigError, check, from_dict
 
     cfg = copy.deepcopy(base_config)
     try:
         for k, v in assignment.items():
             set_dotted(cfg, k, copy.deepcopy(v))
-        check_config(from_dict(cfg))
+        check(from_dict(cfg))
     except (ConfigError, ValueError) as e:
         return f"{e}{''.join(_yaml_hint(v) for v in assignment.values())}"
     return None
 
 
 def _check_loss_names(p: ParamSpec, where: str) -> None:
-    """Swept loss names exist (other names are checked per value, by ``check_config``)."""
+    """Swept loss names exist (other names are checked per value, by ``config.check``)."""
     parts = p.key.split(".")
     if parts[:2] == ["distill", "weights"]:
         if len(parts) == 3:
@@ -223,11 +222,11 @@ def validate_search_space(space: SearchSpace, base_config: dict) -> None:
         SearchSpaceError: one line per problem (up to :data:`MAX_PROBLEMS`), each naming the
             file, the param key(s), the offending value(s) and the rule.
     """
-    from vldistill.trainers.config import ConfigError, from_dict
+    from vldistill.trainers.config import ConfigError, check, from_dict
 
     src = space.source or space.name
     try:
-        from_dict(copy.deepcopy(base_config))
+        check(from_dict(copy.deepcopy(base_config)))
     except ConfigError as e:
         raise SearchSpaceError(f"{src}: the base config (overrides {list(space.overrides)}) is "
                                f"invalid: {e}") from None

@@ -44,8 +44,7 @@ import torch
 from vldistill.trainers.assets import (_EVAL_EMB, _FEEDS, _MEMO, _teacher_embeddings,  # noqa: F401
                                        cache_uri, needs_view_cache, prepare, resolve_dataset,
                                        view_cache, with_local_cache, world_spec)
-from vldistill.trainers.checks import check_config
-from vldistill.trainers.config import ConfigError, TrainConfig
+from vldistill.trainers.config import ConfigError, TrainConfig, check
 from vldistill.trainers.data.folder import UnlabelledImages
 from vldistill.trainers.data.views import make_views, view_seed
 from vldistill.trainers.evaluation import evaluate, final_metrics, student_cost
@@ -84,7 +83,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def check_registries(cfg: TrainConfig) -> None:
     """Names and files the config points at exist (cheap; runs before anything is written)."""
-    check_config(cfg)  # trainers/checks.py: also run on every point of a search space
+    check(cfg)  # trainers/config/check.py, the one validator: also run on every point of a search space
 
 
 def _lr(step: int, total: int, warmup: int, base: float) -> float:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vldistill.trainers.config import ConfigError, StudentConfig, TrainConfig
+from vldistill.trainers.config.schema import ConfigError, StudentConfig, TrainConfig
 from vldistill.trainers.tokens import TokenTap, check_timm_vit, tap_timm_vit
 
 TOKEN_LOSSES = ("attn", "token_nce")  # losses that read student["tokens"] / student["attn"]

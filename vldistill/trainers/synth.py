@@ -84,7 +84,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from vldistill.trainers.config import DEFAULT_STYLES, ConfigError, SynthConfig  # noqa: F401
+from vldistill.trainers.config.schema import DEFAULT_STYLES, ConfigError, SynthConfig  # noqa: F401
 
 log = logging.getLogger(__name__)
 

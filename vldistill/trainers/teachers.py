@@ -46,7 +46,7 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 from tqdm.auto import tqdm
 
-from vldistill.trainers.config import ConfigError, EmbeddedTeacherConfig, TeacherConfig
+from vldistill.trainers.config.schema import ConfigError, EmbeddedTeacherConfig, TeacherConfig
 from vldistill.trainers.data.world import World, WorldSpec
 from vldistill.trainers.tokens import Taps, TokenTap, tap_open_clip_vit
 

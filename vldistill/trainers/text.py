@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vldistill.trainers.config import ConfigError, TextConfig
+from vldistill.trainers.config.schema import ConfigError, TextConfig
 from vldistill.trainers.data.folder import DataError, DatasetInfo, read_lines
 from vldistill.trainers.strict_files import DuplicateKeyError, read_json
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vldistill.trainers.config import ConfigError
+from vldistill.trainers.config.schema import ConfigError
 
 Taps = dict[str, list[Tensor]]
 AttnFn = Callable[[nn.Module, Tensor], Tensor]  # (attention module, its input [B, N, D]) -> probs

@@ -1,16 +1,16 @@
-"""Registry and compatibility checks of a whole config: cheap, nothing built or loaded.
+"""Registry and compatibility rules of a whole config: cheap, nothing built or loaded.
 
-``config.from_dict`` checks each value (types, ranges, the world's recipe); this module checks
-what needs the registries and the relations between values: loss names and which losses the
-loop feeds, label-free training against losses that read labels, the text source, timm
-student and open_clip teacher names, token losses against a ViT student and teacher (read
-from the model configs, a meta-device model at most), captions against synthetic images,
-and the files a config points at. ``loop.check_registries`` (before one trial) and
-``search_spaces/validate.py`` (every point of a search space, before Ray starts) both call
-:func:`check_config`; the results of the slow leaf checks are memoised, so checking
-thousands of points costs milliseconds each.
+``values.py`` checks each value (ranges, the world's recipe); this module checks what needs
+the registries and the relations between values: loss names and which losses the loop
+feeds, label-free training against losses that read labels, the text source, timm student
+and open_clip teacher names, token losses against a ViT student and teacher (read from the
+model configs, a meta-device model at most), captions against synthetic images, and the
+files a config points at. ``check.check`` runs :func:`registry_rules` after the value rules,
+for one trial and for every point of a search space; the results of the slow leaf checks
+are memoised, so checking thousands of points costs milliseconds each.
 
-No Ray. torch, timm and open_clip are imported when a check needs their registries.
+No Ray. torch, timm and open_clip (and the trainers' modules that hold the registries) are
+imported inside the rules that need them, so importing the config package stays light.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from vldistill.trainers.config import ConfigError, TrainConfig
+from vldistill.trainers.config.schema import ConfigError, TrainConfig
 
 # Losses whose inputs the loop provides (student embed, teacher image embed, class and
 # vocabulary text, captions, the sentence bank, ViT token grids and attention maps).
@@ -87,7 +87,7 @@ def _token_models(cfg: TrainConfig, weighted: list[str]) -> None:
         raise ConfigError("compile: torch.compile is not supported with distill.weights.attn/token_nce > 0")
 
 
-def check_config(cfg: TrainConfig) -> None:
+def registry_rules(cfg: TrainConfig) -> None:
     """Names and files the config points at exist, and its losses fit its data and models.
 
     Raises:

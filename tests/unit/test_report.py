@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vldistill.platform import report as rp
-from vldistill.platform import report_stats as rs
+from vldistill.platform.report import sections as rp
+from vldistill.platform.report import stats as rs
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "sweep_rows"
 T_975 = {1: 12.706, 2: 4.303, 4: 2.776, 4.5: 2.659, 8: 2.306, 15.96: 2.120}  # t(0.975, df), from tables

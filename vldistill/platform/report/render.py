@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vldistill.platform.report_stats import Interval
+from vldistill.platform.report.stats import Interval
 
 
 @dataclass

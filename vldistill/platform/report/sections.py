@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from vldistill.platform import report_html as rh
-from vldistill.platform import report_stats as rs
-from vldistill.platform.report_html import Section, Table, fcost, fdelta, fiv, fnum
+from vldistill.platform.report import render as rh
+from vldistill.platform.report import stats as rs
+from vldistill.platform.report.render import Section, Table, fcost, fdelta, fiv, fnum
 from vldistill.trainers.strict_files import DuplicateKeyError, read_yaml
 
 log = logging.getLogger(__name__)
@@ -780,7 +780,7 @@ def trials_csv_frame(sw: Sweep) -> pd.DataFrame:
 
 
 def build_sections(sw: Sweep, plots: Path, levels_rows: list[dict]) -> list[Section]:
-    from vldistill.platform.report_decisions import section_comparisons
+    from vldistill.platform.report.decisions import section_comparisons
 
     return [section_comparisons(sw, plots), section_headline(sw), section_factors(sw, plots, levels_rows), section_loco(sw),
             section_importance(sw, plots), section_pareto(sw, plots), section_interactions(sw, plots),

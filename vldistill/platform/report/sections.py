@@ -1,376 +1,38 @@
-"""The aggregated ablation report of one sweep directory (never imports ray).
+"""The report's eight numbered sections and its appendix, each a :class:`Section` of tables
+of formatted strings and plots (docs/report.md describes each section and its statistics).
 
-``build_report(sweep_dir)`` reads ``search_space.yaml``, ``trials.jsonl`` (last line per
-``trial_id`` wins) and, when present, the Optuna journal, and writes ``report.md``,
-a self-contained ``report.html``, ``trials.csv``, ``levels.csv`` and ``plots/*.png``. The
-statistics live in ``report_stats`` (pure functions), the rendering in ``report_html``; this
-module loads the rows, turns every swept key into a *factor* with level labels, assembles the
-eight sections (see docs/report.md) as tables of formatted strings, and logs the same tables
-and plots to W&B on request.
-
-Conventions: only ``completed`` trials enter means, intervals, importance and fronts;
-``pruned`` trials (their metrics are last intermediate values) and ``failed`` ones are listed
-with reasons and counted in the compute hours. Accuracies are maximised.
+Every function takes a loaded :class:`~vldistill.platform.report.loading.Sweep`; the
+statistics come from ``stats.py``, the drawing from ``render.py``, the shared questions
+(baseline, best configuration, teacher, floors) from ``queries.py``. The decisions section
+that heads the report lives in ``decisions.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
-import os
 import re
-import sys
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import yaml
 
 from vldistill.platform.report import render as rh
 from vldistill.platform.report import stats as rs
+from vldistill.platform.report.loading import COSTS, REPR_METRICS, Factor, Sweep, describe, fmt_value
+from vldistill.platform.report.queries import (baseline_configs, baseline_mask, best_config,
+                                               config_trials, floors_text, main_metrics,
+                                               metric_mode, teacher_value)
 from vldistill.platform.report.render import Section, Table, fcost, fdelta, fiv, fnum
-from vldistill.trainers.strict_files import DuplicateKeyError, read_yaml
 
 log = logging.getLogger(__name__)
 
-CATEGORICAL = ("choice", "grid")
-NUMERIC = ("uniform", "loguniform", "int", "randint", "quniform", "qloguniform", "lograndint")
-REPR_METRICS = ("M_rel", "M_neigh", "M_vlalign")
-COSTS = ("student_params", "student_flops", "student_latency_ms", "student_latency_ms_b8")
-NON_METRIC_PREFIXES = ("teacher/", "chance/", "floor/", "n/")
-MAIN_METRICS = ("novel_acc", "shift_acc", "hmean", "base_acc")
 STATUS_ORDER = ("completed", "pruned", "failed")
-PLOT_NAMES = ("effects", "importance", "pareto", "interaction_top", "representation")
-
-
-class ReportError(Exception):
-    """The sweep directory cannot be reported on (missing or malformed input)."""
-
-
-@dataclass
-class Factor:
-    """One swept key: its level labels (bins for continuous values) and baseline label."""
-
-    key: str
-    short: str
-    kind: str  # "categorical" | "numeric"
-    spec: dict
-    levels: list[str] = field(default_factory=list)
-    baseline: str | None = None
-    zero: str | None = None  # label of the level whose value is 0 (loss weights)
-    log: bool = False
-    binned: bool = False
-
-    @property
-    def col(self) -> str:
-        """Column holding this factor's level label in ``Sweep.done``."""
-        return f"{self.key}@level"
-
-
-@dataclass
-class Sweep:
-    """Everything the sections need, loaded once."""
-
-    dir: Path
-    name: str
-    objectives: list[tuple[str, str]]  # (metric, "max" | "min")
-    factors: list[Factor]
-    trials: pd.DataFrame  # every trial (last line wins), flat columns, plus "config"
-    done: pd.DataFrame  # completed trials, plus level-label columns
-    metrics: list[str]  # metric columns for statistics, in report order
-    configs: pd.DataFrame  # one row per configuration of completed trials (means, costs)
-    notes: list[str]
-
-    @property
-    def primary(self) -> tuple[str, str]:
-        """The first objective that trials recorded (else the first metric they did)."""
-        for m, mode in self.objectives:
-            if m in self.metrics:
-                return m, mode
-        return (self.metrics[0], "max") if self.metrics else self.objectives[0]
-
-
-# ---------------------------------------------------------------- loading
-
-
-def _fmt_value(v) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return f"{float(v):.6g}"
-    return str(v)
-
-
-def _isna(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def _same(a, b) -> bool:
-    """Equality of YAML values; ``true`` is not ``1`` and floats compare with a tolerance."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
-
-
-def _norm(v):
-    """Hashable, rounding-stable form of a parameter value (for grouping configurations)."""
-    if _isna(v):
-        return None
-    if isinstance(v, float):
-        return float(f"{v:.12g}")
-    if isinstance(v, (list, dict)):
-        return json.dumps(v, sort_keys=True)
-    return v
-
-
-def short_names(keys: list[str]) -> dict[str, str]:
-    """Shortest dotted suffix of each key that is unique among ``keys``."""
-    out = {}
-    for k in keys:
-        parts = k.split(".")
-        for i in range(len(parts) - 1, -1, -1):
-            cand = ".".join(parts[i:])
-            if sum(1 for o in keys if o == cand or o.endswith("." + cand)) == 1:
-                out[k] = cand
-                break
-        else:
-            out[k] = k
-    return out
-
-
-def read_trials(path: Path) -> tuple[list[dict], list[str]]:
-    """Rows of ``trials.jsonl`` with the last line per ``trial_id`` winning, plus notes."""
-    notes, rows = [], {}
-    if not path.exists():
-        return [], [f"`{path.name}` not found: no trials."]
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            rows.pop(row["trial_id"], None)  # re-insert: order of the winning line
-            rows[row["trial_id"]] = row
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            notes.append(f"line {i} of `{path.name}` skipped ({type(e).__name__}).")
-    return list(rows.values()), notes
-
-
-def _flatten(row: dict) -> dict:
-    res = row.get("resources") or {}
-    flat = {"trial_id": row["trial_id"], "status": row.get("status", "unknown"),
-            "error": row.get("error"), "seed": row.get("seed"), "epochs": row.get("epochs"),
-            "wall_seconds": row.get("wall_seconds"), "resources.cpu": res.get("cpu"),
-            "resources.gpu": res.get("gpu"), "resources.workers": res.get("workers")}
-    flat.update({f"param:{k}": v for k, v in (row.get("params") or {}).items()})
-    flat.update({f"metric:{k}": v for k, v in (row.get("metrics") or {}).items()})
-    flat["planned_epochs"] = (row.get("config") or {}).get("optim.epochs")
-    flat["design_point"] = row.get("design_point")
-    return flat
-
-
-def _objectives(space: dict) -> list[tuple[str, str]]:
-    metric, mode = space.get("metric", "novel_acc"), space.get("mode", "max")
-    metrics = metric if isinstance(metric, list) else [metric]
-    modes = mode if isinstance(mode, list) else [mode] * len(metrics)
-    return list(zip(metrics, modes))
-
-
-def _make_factor(key: str, short: str, spec, done: pd.DataFrame) -> Factor:
-    spec = spec if isinstance(spec, dict) else {"choice": list(spec)}
-    kind_key = next((k for k in (*CATEGORICAL, *NUMERIC) if k in spec), None)
-    raw = done[key] if key in done else pd.Series(dtype=object)
-    if kind_key in NUMERIC:
-        f = Factor(key, short, "numeric", spec, log=kind_key.startswith("log") or bool(spec.get("log")))
-        labels, bins = rs.bin_numeric(pd.to_numeric(raw, errors="coerce"))
-        done[f.col] = labels
-        f.levels, f.binned = bins["label"].tolist(), len(bins) and (bins["lo"] != bins["hi"]).any()
-        if "baseline" in spec and len(bins):
-            b = float(spec["baseline"])
-            hit = bins[(bins["lo"] <= b) & (bins["hi"] >= b)]
-            f.baseline = hit["label"].iloc[0] if len(hit) else None
-        return f
-    choices = list(spec.get(kind_key, [])) if kind_key else []
-
-    def canon(v):
-        return next((c for c in choices if _same(c, v)), v)
-
-    f = Factor(key, short, "categorical", spec)
-    # A conditional parameter (``when``) is None where inactive: those trials have no level.
-    missing = np.nan if spec.get("when") else ("None" if any(c is None for c in choices) else "unset")
-    done[f.col] = raw.map(lambda v: missing if _isna(v) else _fmt_value(canon(v)))
-    f.levels = [_fmt_value(c) for c in choices]
-    f.levels += [lv for lv in dict.fromkeys(done[f.col].dropna()) if lv not in f.levels]
-    if "baseline" in spec:
-        f.baseline = _fmt_value(canon(spec["baseline"]))
-    zero = next((c for c in choices if isinstance(c, (int, float)) and not isinstance(c, bool)
-                 and c == 0), None)
-    f.zero = _fmt_value(zero) if zero is not None else None
-    return f
-
-
-def _metric_order(cols: list[str], objectives: list[tuple[str, str]]) -> list[str]:
-    present = set(cols)
-    order = (["novel_acc"] + sorted(c for c in present if c.startswith("novel_acc/"))
-             + ["fewshot_novel_acc", "shift_acc"] + sorted(c for c in present if c.startswith("shift_acc/"))
-             + ["hmean", "base_acc"] + [m for m, _ in objectives] + list(REPR_METRICS))
-    return [m for m in dict.fromkeys(order) if m in present]
-
-
-def load_sweep(sweep_dir: str | Path) -> Sweep:
-    """Read a sweep directory into a :class:`Sweep` (raises :class:`ReportError`)."""
-    d = Path(sweep_dir).expanduser().resolve()
-    if not (d / "search_space.yaml").is_file():
-        raise ReportError(f"{d}: no search_space.yaml (is this a sweep directory?)")
-    try:
-        space = read_yaml(d / "search_space.yaml") or {}
-    except DuplicateKeyError as e:
-        raise ReportError(str(e)) from None
-    except yaml.YAMLError as e:
-        raise ReportError(f"{d / 'search_space.yaml'}: {e}") from None
-    rows, notes = read_trials(d / "trials.jsonl")
-    trials = pd.DataFrame([_flatten(r) for r in rows])
-    if trials.empty:
-        trials = pd.DataFrame(columns=["trial_id", "status", "error", "seed", "epochs",
-                                       "wall_seconds", "resources.cpu", "resources.gpu",
-                                       "resources.workers", "planned_epochs"])
-    params = dict(space.get("params") or {})
-    for c in trials.columns:  # swept keys the space file does not list: treat as choices
-        if c.startswith("param:") and c[6:] not in params:
-            params[c[6:]] = {"choice": list(dict.fromkeys(trials[c].dropna().map(_norm)))}
-    trials = trials.rename(columns=lambda c: c.split(":", 1)[1] if c.startswith("param:") else c)
-    metric_cols = [c for c in trials.columns if c.startswith("metric:")]
-    trials = trials.rename(columns={c: (c[7:] if c[7:] not in params else c) for c in metric_cols})
-    keys = list(params)
-    for k in keys:
-        if k not in trials:
-            trials[k] = None
-    cfg_key = trials[keys].apply(lambda r: tuple(_norm(v) for v in r), axis=1) if len(trials) else []
-    ids = {k: f"c{i + 1}" for i, k in enumerate(dict.fromkeys(cfg_key))}
-    trials["config"] = [ids[k] for k in cfg_key]
-    done = trials[trials["status"] == "completed"].copy()
-    names = short_names(keys)
-    factors = [_make_factor(k, names[k], params[k], done) for k in keys]
-    objectives = _objectives(space)
-    stat_cols = [c for c in done.columns if c not in COSTS and not c.startswith(NON_METRIC_PREFIXES)
-                 and c in {m[7:] if m[7:] not in params else m for m in metric_cols}]
-    for c in stat_cols + [c for c in COSTS if c in done]:
-        done[c] = pd.to_numeric(done[c], errors="coerce")
-    metrics = _metric_order(stat_cols, objectives)
-    missing = [m for m, _ in objectives if m not in metrics]
-    if missing and len(done):
-        notes.append(f"objective metric(s) {', '.join(missing)} not recorded by any completed trial.")
-    sweep = Sweep(d, str(space.get("name") or d.name), objectives, factors, trials, done, metrics,
-                  pd.DataFrame(), notes)
-    sweep.configs = _config_table(sweep)
-    return sweep
-
-
-def _config_table(sw: Sweep) -> pd.DataFrame:
-    """Per configuration of completed trials: factor values, n, metric means, cost means."""
-    cols = [c for c in (*sw.metrics, *COSTS) if c in sw.done]
-    if sw.done.empty:
-        return pd.DataFrame(columns=["config", "n", "label", *cols])
-    g = sw.done.groupby("config", sort=False)
-    out = g[cols].mean()
-    out.insert(0, "n", g.size())
-    first = g.first()
-    out.insert(1, "label", [describe(sw, first.loc[c]) for c in out.index])
-    return out.reset_index()
-
-
-def describe(sw: Sweep, row) -> str:
-    """``short=value`` for every factor of a trial row."""
-    return ", ".join(f"{f.short}={_fmt_value(row.get(f.key))}" for f in sw.factors)
-
-
-# ---------------------------------------------------------------- formatting
 
 
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_").lower()
 
-
-def _task(metric: str) -> str | None:
-    if metric.startswith(("base_acc", "shift_acc")):
-        return "base"  # shifted domains are classified among the base classes
-    if "novel_acc" in metric:
-        return "novel"
-    return None
-
-
-def floors_text(sw: Sweep, metric: str) -> str:
-    """Chance and attribute-only floors of the metric's task, e.g. ``chance 0.056; colour 0.278``."""
-    task = _task(metric)
-    if task is None:
-        return "—"
-    parts = []
-    for c in sorted(sw.done.columns):
-        if c == f"chance/{task}" or (c.startswith("floor/") and c.endswith(f"/{task}")):
-            v = pd.to_numeric(sw.done[c], errors="coerce").mean()
-            name = "chance" if c.startswith("chance/") else c.split("/")[1]
-            parts.append(f"{name} {fnum(v)}")
-    return "; ".join(parts) or "—"
-
-
-def teacher_value(sw: Sweep, metric: str) -> float:
-    c = f"teacher/{metric}"
-    return float(pd.to_numeric(sw.done[c], errors="coerce").mean()) if c in sw.done else math.nan
-
-
-def _main_metrics(sw: Sweep) -> list[str]:
-    out = [m for m in MAIN_METRICS if m in sw.metrics]
-    return out + [m for m, _ in sw.objectives if m in sw.metrics and m not in out]
-
-
-def _config_trials(sw: Sweep, config: str | None, metric: str) -> pd.Series:
-    if config is None:
-        return pd.Series(dtype=float)
-    return sw.done.loc[sw.done["config"] == config, metric]
-
-
-def baseline_mask(sw: Sweep) -> pd.Series | None:
-    """Completed trials of the baseline configuration; None when no factor has a baseline.
-
-    Categorical factors must sit at their baseline level, numeric factors with a baseline in
-    the bin that holds it (a sampled float rarely equals the baseline exactly), factors
-    without a baseline are free. Conditional factors (``when``) inactive in a trial are free.
-    """
-    with_base = [f for f in sw.factors if f.baseline is not None]
-    if not with_base:
-        return None
-    mask = pd.Series(True, index=sw.done.index)
-    for f in with_base:
-        mask &= (sw.done[f.col] == f.baseline) | (sw.done[f.col].isna() & bool(f.spec.get("when")))
-    return mask
-
-
-def baseline_configs(sw: Sweep) -> list[str]:
-    """Configuration ids in the baseline set, most trials first."""
-    mask = baseline_mask(sw)
-    return [] if mask is None else sw.done.loc[mask, "config"].value_counts().index.tolist()
-
-
-def _mode(sw: Sweep, metric: str) -> str:
-    return dict(sw.objectives).get(metric, "min" if metric == "M_vlalign" else "max")
-
-
-def _best_config(sw: Sweep, metric: str) -> str | None:
-    c = sw.configs.dropna(subset=[metric]) if metric in sw.configs else pd.DataFrame()
-    if c.empty:
-        return None
-    i = c[metric].idxmax() if _mode(sw, metric) == "max" else c[metric].idxmin()
-    return str(c.loc[i, "config"])
-
-
-# ---------------------------------------------------------------- sections
 
 
 def section_headline(sw: Sweep) -> Section:
@@ -395,13 +57,13 @@ def section_headline(sw: Sweep) -> Section:
     base_rows = sw.done[mask] if mask is not None else sw.done.iloc[:0]
     rows, used = [], list(base)
     for m in [m for m in sw.metrics if m not in REPR_METRICS]:
-        best = _best_config(sw, m)
+        best = best_config(sw, m)
         if best is None:
             continue
         used.append(best)
-        b_iv = rs.t_interval(_config_trials(sw, best, m))
+        b_iv = rs.t_interval(config_trials(sw, best, m))
         base_iv = rs.t_interval(base_rows[m])
-        d = rs.welch_interval(_config_trials(sw, best, m), base_rows[m])
+        d = rs.welch_interval(config_trials(sw, best, m), base_rows[m])
         teacher = teacher_value(sw, m)
         rows.append({"metric": m, "best config": best, "best mean [95% CI]": fiv(b_iv) + f" n={b_iv.n}",
                      "baseline mean [95% CI]": fiv(base_iv) + (f" n={base_iv.n}" if base_iv.n else ""),
@@ -422,7 +84,7 @@ def section_headline(sw: Sweep) -> Section:
     sec.tables.append(Table("headline_configs", "Configurations above and the student's cost",
                             pd.DataFrame(crow)))
     pm, _ = sw.primary
-    best = _best_config(sw, pm)
+    best = best_config(sw, pm)
     if best:
         sec.text.append(f"Best by the sweep objective `{pm}`: `{best}` ({cfg.loc[best, 'label']}).")
     return sec
@@ -475,7 +137,7 @@ def section_factors(sw: Sweep, plots: Path, levels_rows: list[dict]) -> Section:
         "shows the bin means against the bin median with the interval as a band.")
     if sw.done.empty:
         return sec
-    main = _main_metrics(sw)
+    main = main_metrics(sw)
     for f in sw.factors:
         sec.tables.append(_factor_tables(sw, f, levels_rows))
         lvls = [lv for lv in f.levels if lv in set(sw.done[f.col])]
@@ -516,7 +178,7 @@ def section_loco(sw: Sweep) -> Section:
         "\"not in sweep\" = no completed trial has that combination.")
     names = {f.col: f.key for f in cat}
     rows = []
-    metrics = _main_metrics(sw)
+    metrics = main_metrics(sw)
     deps = {w: [f.col for f in sw.factors if names[w] in (f.spec.get("when") or {})] for w in weights}
     effects = {m: rs.loco_effects(sw.done, best, weights, m, dependents=deps).set_index("component")
                for m in metrics}
@@ -683,7 +345,7 @@ def _reason(r) -> str:
     if r["status"] == "pruned":
         planned = r.get("planned_epochs")
         of = f" of {int(planned)}" if pd.notna(planned) else ""
-        return f"stopped early by the scheduler after {_fmt_value(r['epochs'])}{of} epochs"
+        return f"stopped early by the scheduler after {fmt_value(r['epochs'])}{of} epochs"
     return "no error recorded"
 
 
@@ -698,16 +360,16 @@ def section_trials(sw: Sweep, pm: str) -> Section:
         ("seeds", t["seed"].nunique()), ("configurations (all / completed)",
                                          f"{t['config'].nunique()} / {sw.done['config'].nunique()}"),
         ("CPU hours", f"{hours['cpu_hours']:.3f}"), ("GPU hours", f"{hours['gpu_hours']:.3f}"),
-        ("epochs trained", _fmt_value(pd.to_numeric(t["epochs"], errors="coerce").sum()))]
+        ("epochs trained", fmt_value(pd.to_numeric(t["epochs"], errors="coerce").sum()))]
     sec.text.append("Hours = Σ wall_seconds × cpu (or gpu) per worker × workers / 3600 over all "
                     "trials, including pruned and failed ones. Pruned trials' metrics are their last "
                     "intermediate values; neither they nor failed trials enter any mean.")
     sec.tables.append(Table("counts", "Sweep size",
                             pd.DataFrame(stats, columns=["what", "value"]).astype(str)))
     bad = t[t["status"] != "completed"]
-    rows = [{"trial": r["trial_id"], "status": r["status"], "seed": _fmt_value(r["seed"]),
+    rows = [{"trial": r["trial_id"], "status": r["status"], "seed": fmt_value(r["seed"]),
              "config": r["config"], "configuration": describe(sw, r),
-             "epochs": _fmt_value(r["epochs"]),
+             "epochs": fmt_value(r["epochs"]),
              f"last {pm}": fnum(pd.to_numeric(pd.Series([r.get(pm)]), errors="coerce").iloc[0]),
              "reason": _reason(r)} for _, r in bad.iterrows()]
     sec.tables.append(Table("failed_pruned", "Failed and pruned trials", pd.DataFrame(rows)))
@@ -734,7 +396,7 @@ def section_representation(sw: Sweep, plots: Path) -> Section:
             row[f"ρ with {a}"] = f"{fnum(rho, 2)} (n={n})"
         rows.append(row)
     sec.tables.append(Table("repr_corr", "Rank correlation with accuracy", pd.DataFrame(rows)))
-    c = sw.configs.sort_values(sw.primary[0], ascending=_mode(sw, sw.primary[0]) == "min") \
+    c = sw.configs.sort_values(sw.primary[0], ascending=metric_mode(sw, sw.primary[0]) == "min") \
         if sw.primary[0] in sw.configs else sw.configs
     t = pd.DataFrame({"config": c["config"], "trials": c["n"].astype(int).astype(str),
                       **{m: c[m].map(fnum) for m in accs + ms}})
@@ -753,8 +415,8 @@ def section_configs(sw: Sweep, limit: int = 100) -> Section:
         sec.text.append("No completed configuration.")
         return sec
     pm = sw.primary[0]
-    c = sw.configs.sort_values(pm, ascending=_mode(sw, pm) == "min") if pm in sw.configs else sw.configs
-    cols = _main_metrics(sw)
+    c = sw.configs.sort_values(pm, ascending=metric_mode(sw, pm) == "min") if pm in sw.configs else sw.configs
+    cols = main_metrics(sw)
     t = pd.DataFrame({"config": c["config"], "configuration": c["label"],
                       "trials": c["n"].astype(int).astype(str), **{m: c[m].map(fnum) for m in cols},
                       **{k.replace("student_", ""): c[k].map(lambda v, k=k: fcost(k, v))
@@ -763,153 +425,3 @@ def section_configs(sw: Sweep, limit: int = 100) -> Section:
         sec.text.append(f"Top {limit} of {len(t)} by `{pm}`; all are in `trials.csv`.")
     sec.tables.append(Table("configs", f"Configurations by `{pm}`", t.head(limit).reset_index(drop=True)))
     return sec
-
-
-# ---------------------------------------------------------------- assembly
-
-
-def trials_csv_frame(sw: Sweep) -> pd.DataFrame:
-    """``trials.csv``: trial_id, status, error, seed, run facts, every param, every metric."""
-    t = sw.trials
-    head = ["trial_id", "status", "error", "seed", "config", "epochs", "wall_seconds",
-            "resources.cpu", "resources.gpu", "resources.workers"]
-    params = [f.key for f in sw.factors]
-    first = [*head, *params, *sw.metrics, *COSTS]
-    rest = sorted(c for c in t.columns if c not in first and c != "planned_epochs")
-    return t[[c for c in dict.fromkeys(first) if c in t] + rest]
-
-
-def build_sections(sw: Sweep, plots: Path, levels_rows: list[dict]) -> list[Section]:
-    from vldistill.platform.report.decisions import section_comparisons
-
-    return [section_comparisons(sw, plots), section_headline(sw), section_factors(sw, plots, levels_rows), section_loco(sw),
-            section_importance(sw, plots), section_pareto(sw, plots), section_interactions(sw, plots),
-            section_trials(sw, sw.primary[0]), section_representation(sw, plots), section_configs(sw)]
-
-
-def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *,
-                 wandb_run: bool = False) -> dict[str, Path]:
-    """Write the ablation report of ``sweep_dir`` into ``out_dir`` (default: the sweep dir).
-
-    Args:
-        sweep_dir: Directory with ``search_space.yaml``, ``trials.jsonl`` and optionally
-            ``optuna.journal``.
-        out_dir: Where to write; created if missing.
-        wandb_run: Also log the tables and plots to one W&B run ``<name>-report`` (offline
-            unless ``WANDB_MODE`` says otherwise).
-
-    Returns:
-        Written files by name relative to ``out_dir``: ``report.md``, ``report.html``,
-        ``trials.csv``, ``levels.csv`` and ``plots/<name>.png``.
-
-    Raises:
-        ReportError: When ``sweep_dir`` is not a sweep directory.
-    """
-    sw = load_sweep(sweep_dir)
-    out = Path(out_dir).expanduser().resolve() if out_dir else sw.dir
-    plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    for old in plots.glob("*.png"):  # our plots from an earlier report (factors may differ)
-        if old.stem in PLOT_NAMES or old.stem.startswith("factor_"):
-            old.unlink()
-    levels_rows: list[dict] = []
-    sections = build_sections(sw, plots, levels_rows)
-    meta = {"name": sw.name, "sweep_dir": str(sw.dir),
-            "objective": ", ".join(f"{m} ({mode})" for m, mode in sw.objectives),
-            "factors": ", ".join(f.key for f in sw.factors), "notes": sw.notes}
-    files = {"trials.csv": out / "trials.csv", "levels.csv": out / "levels.csv",
-             "report.md": out / "report.md", "report.html": out / "report.html"}
-    trials_csv_frame(sw).to_csv(files["trials.csv"], index=False)
-    pd.DataFrame(levels_rows).to_csv(files["levels.csv"], index=False)
-    files["report.md"].write_text(rh.render_markdown(sections, meta, out), encoding="utf-8")
-    files["report.html"].write_text(rh.render_html(sections, meta), encoding="utf-8")
-    files.update({f"plots/{p.name}": p for p in sorted(plots.glob("*.png"))})
-    if wandb_run:
-        log_to_wandb(sw, sections, out)
-    log.info("report of %s written to %s", sw.name, out)
-    return files
-
-
-def log_to_wandb(sw: Sweep, sections: list[Section], out: Path) -> str | None:
-    """Log every report table and plot to one W&B run in the sweep's group; returns its
-    directory, or None when W&B is missing or fails (a warning: the report is on disk).
-
-    The group is the sweep's own (``wandb_logger.sweep_group``: kept in the sweep directory,
-    so a resumed sweep's summary lands beside the first); the mode is the trials' mode
-    (``wandb_logger.wandb_mode``: offline unless ``WANDB_MODE=online`` with a key); run files
-    go to ``WANDB_DIR`` or ``out``. Only report content is logged (no environment, no
-    config secrets).
-    """
-    try:
-        import wandb
-    except ImportError:
-        log.warning("wandb is not installed: the report is not logged to W&B")
-        return None
-    from vldistill.platform.wandb_logger import sweep_group, wandb_mode
-
-    try:
-        group = sweep_group(sw.dir, sw.name)
-        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "vldistill"), name=f"{sw.name}-report",
-                         group=group, job_type="report", mode=wandb_mode(),
-                         dir=os.environ.get("WANDB_DIR") or str(out), reinit="create_new",
-                         config={"sweep": sw.name, "objective": [m for m, _ in sw.objectives],
-                                 "factors": [f.key for f in sw.factors]},
-                         settings=wandb.Settings(console="off", silent=True, x_disable_stats=True,
-                                                 save_code=False, disable_git=True))
-    except Exception as e:  # noqa: BLE001  (W&B is a view of the report, never its record)
-        log.warning("W&B: the report run could not start (%s: %s); the report is on disk",
-                    type(e).__name__, str(e)[:300])
-        return None
-    try:
-        _log_report(run, sw, sections)
-        return str(Path(run.dir).parent)
-    except Exception as e:  # noqa: BLE001
-        log.warning("W&B: logging the report failed (%s: %s); the report is on disk",
-                    type(e).__name__, str(e)[:300])
-        return None
-    finally:
-        with contextlib.suppress(Exception):
-            run.finish()
-
-
-def _log_report(run, sw: Sweep, sections: list[Section]) -> None:
-    import wandb
-
-    for sec in sections:
-        for t in sec.tables:
-            if len(t.frame):
-                run.log({f"report/{t.slug}": wandb.Table(dataframe=t.frame.astype(str))})
-        for caption, path in sec.plots:
-            run.log({f"plots/{path.stem}": wandb.Image(str(path), caption=caption)})
-    trials = trials_csv_frame(sw)
-    run.log({"report/trials": wandb.Table(dataframe=trials.astype(str))})
-    for m in sw.metrics:
-        best = _best_config(sw, m)
-        if best is not None:
-            run.summary[f"best/{m}"] = float(sw.configs.set_index("config").loc[best, m])
-
-
-def report_main(sweep_dir: str, out_dir: str | None, wandb: bool) -> int:
-    """CLI entry (``vldistill report SWEEP_DIR``): 0 on success, 2 on a bad sweep directory."""
-    from vldistill.trainers.storage import Remote, is_uri, local_copy_dir, pull_sweep, push_files
-
-    remote = None
-    try:
-        if is_uri(sweep_dir):  # a sweep on object storage: report from a local copy, upload back
-            try:
-                remote, local = Remote(sweep_dir), local_copy_dir(sweep_dir, "report")
-                pull_sweep(remote, local, skip=("tune", "train", "wandb", ".lock"))
-            except (ValueError, OSError) as e:
-                raise ReportError(f"{sweep_dir}: cannot read the sweep from storage: {e}") from None
-            sweep_dir = str(local)
-        files = build_report(sweep_dir, None if is_uri(out_dir or "") else out_dir, wandb_run=wandb)
-        target = Remote(out_dir) if out_dir and is_uri(out_dir) else (remote if out_dir is None else None)
-        if target is not None:
-            push_files(target, Path(files["report.md"]).parent,
-                       ["report.md", "report.html", "trials.csv", "levels.csv", "plots"])
-            print(f"report uploaded to {target.uri}")
-    except ReportError as e:
-        print(f"vldistill report: {e}", file=sys.stderr)
-        return 2
-    print(f"report: {files['report.md']}\n        {files['report.html']}\n        {files['trials.csv']}")
-    return 0

@@ -23,9 +23,9 @@ The modules, in the order a report is made:
 - ``wandb_run.py``: the optional W&B view of the report (:func:`log_to_wandb`).
 """
 
-from vldistill.platform.report.build import build_report, build_sections, report_main
+from vldistill.platform.report.build import build_report, report_main
 from vldistill.platform.report.loading import Factor, ReportError, Sweep, load_sweep
 from vldistill.platform.report.wandb_run import log_to_wandb
 
-__all__ = ["Factor", "ReportError", "Sweep", "build_report", "build_sections", "load_sweep",
-           "log_to_wandb", "report_main"]
+__all__ = ["Factor", "ReportError", "Sweep", "build_report", "load_sweep", "log_to_wandb",
+           "report_main"]

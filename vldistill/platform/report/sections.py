@@ -34,7 +34,6 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_").lower()
 
 
-
 def section_headline(sw: Sweep) -> Section:
     """(1) Best configuration per OOD metric vs the baseline configuration and the teacher."""
     sec = Section("headline", "1. Headline: best configurations vs baseline and teacher")

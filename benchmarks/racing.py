@@ -30,7 +30,7 @@ import _common as C  # noqa: E402
 
 def _decisions(sweep_dir: Path) -> dict:
     from vldistill.platform.report import load_sweep
-    from vldistill.platform.report_decisions import comparison_decisions
+    from vldistill.platform.report.decisions import comparison_decisions
     from vldistill.search_spaces import load_search_space
 
     space = load_search_space(str(sweep_dir / "search_space.yaml"))

@@ -1,12 +1,14 @@
-"""Import rules (docs/architecture.md): Ray only under platform/, a light config package, no
-import circles."""
+"""Import rules (docs/architecture.md): Ray only under platform/ (the report included: it runs
+on a laptop over a copied sweep directory), a light config package, no import circles."""
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "vldistill"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "sweep_rows"
 
 
 def test_trainers_and_search_spaces_do_not_import_ray():
@@ -87,3 +89,17 @@ def test_no_import_circles():
     assert "vldistill.trainers.config.compose" in graph["vldistill.trainers.config"]
     bad = [c for c in cycles(graph) if not all(m.startswith(c[0] + ".") for m in c[1:])]
     assert not bad, f"import circles: {bad}"
+
+
+def test_the_report_package_imports_no_ray_and_builds_without_it(tmp_path):
+    """Every module of ``platform/report/`` imported, a whole report built: still no ray."""
+    shutil.copytree(FIXTURE, tmp_path / "sweep")
+    code = ("import importlib, pkgutil, sys, vldistill.platform.report as r\n"
+            "mods = [m.name for m in pkgutil.iter_modules(r.__path__, r.__name__ + '.')]\n"
+            "assert len(mods) >= 7, mods\n"
+            "for m in mods: importlib.import_module(m)\n"
+            "assert 'ray' not in sys.modules, 'ray imported'\n"
+            f"files = r.build_report({str(tmp_path / 'sweep')!r}, {str(tmp_path / 'out')!r})\n"
+            "assert files['report.md'].is_file()\n"
+            "assert 'ray' not in sys.modules, 'ray imported while building'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -1,1 +1,1 @@
-"""Everything Ray: sweep driver, Train worker, callbacks, W&B, report, CLI."""
+"""Everything Ray: sweep driver, Train worker, callbacks, W&B, CLI; and the Ray-free report (``report/``)."""

@@ -1,7 +1,7 @@
 """Sequential decisions over seeds (racing): which comparisons are decided, which need seeds.
 
 Ray-free (numpy + scipy): the searcher (``platform/searcher.py``) calls it between rounds,
-the report (``platform/report.py``) replays it from the rows, the unit tests simulate it.
+the report (``platform/report/decisions.py``) replays it from the rows, the unit tests simulate it.
 
 A comparison (``search_spaces/designs.py``) is a contrast ``d_s = sum_c w_c y_{c,s}`` over
 configurations, computed per seed ``s`` from the seeds that every configuration in it

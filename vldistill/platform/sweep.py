@@ -613,15 +613,14 @@ def _open_remote(uri: str, what: str):
 def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, flatten,
               remote_uri: str | None = None) -> bool:
     """Run (or resume) the Tune experiment; True when it started the local Ray instance."""
-    import optuna
     import ray
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune import schedulers as tune_schedulers
 
     from vldistill.platform.searcher import DefineByRun, SeededOptunaSearch
-    from vldistill.search_spaces.loader import grid_sampler
+    from vldistill.search_spaces.registry import SAMPLERS, SCHEDULERS
     from vldistill.trainers.config import to_dict
 
     res = space.resources
@@ -653,26 +652,14 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
             constants[RESOURCES_KEY] = {"CPU": res.cpu, "GPU": res.gpu, "memory": memory}
             constants[STORAGE_KEY] = f"{storage_path}/train"
             constants[PLACEMENT_KEY] = res.placement
-        if space.sampler == "grid":  # ignores the sampler's study.stop() (invalid outside optimize)
-            sampler = grid_sampler(space, seed=space.sampler_seed)
-        elif space.sampler == "random":
-            sampler = optuna.samplers.RandomSampler(seed=space.sampler_seed)
-        else:
-            sampler = optuna.samplers.TPESampler(seed=space.sampler_seed,
-                                                 multivariate=True, group=True)
+        sampler = SAMPLERS[space.sampler](space)
         storage = JournalStorage(JournalFileBackend(str(sweep_dir / "optuna.journal")))
         metric = list(space.metrics) if space.multi_objective else space.metrics[0]
         mode = list(space.modes) if space.multi_objective else space.modes[0]
         searcher = SeededOptunaSearch(space=DefineByRun(space), metric=metric, mode=mode,
                                       sampler=sampler, study_name=space.name, storage=storage,
                                       seeds=space.seeds, search_space=space)
-        if space.scheduler.type == "asha":
-            scheduler = ASHAScheduler(time_attr="epoch", metric=space.metrics[0], mode=space.modes[0],
-                                      max_t=space.scheduler.max_t or base.optim.epochs,
-                                      grace_period=space.scheduler.grace_period,
-                                      reduction_factor=space.scheduler.reduction_factor)
-        else:
-            scheduler = FIFOScheduler()
+        scheduler = SCHEDULERS[space.scheduler.type](space, base.optim.epochs, tune_schedulers)
         RowWriter = _callbacks_module()
         total = space.trial_count()
         row_params = list(space.params) or (space.design.keys if space.design is not None else [])

@@ -10,6 +10,8 @@ resources and Hydra overrides; see :mod:`~vldistill.search_spaces.loader` for th
 - ``validate.py``: paths, values and registry names checked against the typed config.
 - ``suggest.py``: Optuna define-by-run function, grid points/sampler, decoding of trial params.
 - ``samplers.py``: an ask-and-tell-safe ``GridSampler`` (imports optuna; loaded lazily).
+- ``registry.py``: the samplers and trial schedulers by name (``SAMPLERS``, ``SCHEDULERS``:
+  name -> builder); the loader accepts exactly their keys.
 - ``designs.py``: ablation designs (loco, add_one, one_at_a_time, full/fractional factorial)
   and the comparisons a space defines (what the report and the race decide).
 - ``get_dotted``/``set_dotted``/``flatten``/``unflatten`` (re-exported from ``trainers/config/dotted.py``).

@@ -42,9 +42,10 @@ import yaml
 
 from vldistill.search_spaces.designs import parse_design, space_comparisons
 from vldistill.trainers.config.dotted import flatten, get_dotted, set_dotted, unflatten
-from vldistill.search_spaces.spec import (CATEGORICAL_KINDS, KINDS, MODES, SAMPLERS, SCHEDULERS,
-                                          ParamSpec, Racing, Resources, Scheduler, SearchSpace,
-                                          SearchSpaceError, same_value)
+from vldistill.search_spaces.registry import SAMPLERS, SCHEDULERS
+from vldistill.search_spaces.spec import (CATEGORICAL_KINDS, KINDS, MODES, ParamSpec, Racing,
+                                          Resources, Scheduler, SearchSpace, SearchSpaceError,
+                                          same_value)
 from vldistill.search_spaces.suggest import (apply_params, decode_params, define_by_run,
                                              grid_points, grid_sampler)
 from vldistill.search_spaces.validate import check_conditions, validate_search_space
@@ -199,7 +200,7 @@ def _parse_scheduler(err: _Err, raw: Any, n_metrics: int) -> Scheduler:
     if raw is None or isinstance(raw, str):
         raw = {"type": raw or "none"}
     if not isinstance(raw, dict):
-        raise err("scheduler", f"must be none, asha or a mapping, got {raw!r}")
+        raise err("scheduler", f"must be one of {', '.join(SCHEDULERS)} or a mapping, got {raw!r}")
     unknown = [k for k in raw if k not in _SCHEDULER_KEYS]
     if unknown:
         raise err(f"scheduler.{unknown[0]}", f"unknown key; valid: {', '.join(_SCHEDULER_KEYS)}")

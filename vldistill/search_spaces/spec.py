@@ -1,9 +1,10 @@
 """The typed form of a search space: frozen dataclasses and their YAML-able dict form.
 
 :mod:`vldistill.search_spaces.loader` builds these from YAML and checks them; this module
-only holds the data, the schema's vocabulary (kinds, samplers, schedulers) and the small
-rules every consumer needs: when a parameter is active, and how categorical values that
-Optuna cannot store (lists, mappings) are encoded for it.
+only holds the data, the schema's vocabulary (kinds, modes; the sampler and scheduler names
+are the keys of ``registry.py``) and the small rules every consumer needs: when a parameter
+is active, and how categorical values that Optuna cannot store (lists, mappings) are encoded
+for it.
 
 Encoding of non-primitive choices: Optuna's categorical distribution stores only
 ``None``/``bool``/``int``/``float``/``str``. A parameter any of whose choices is a list or a
@@ -23,8 +24,6 @@ from typing import Any
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "int")
 CATEGORICAL_KINDS = ("choice", "grid")  # `grid` = `choice`; the name documents intent
-SAMPLERS = ("tpe", "random", "grid")
-SCHEDULERS = ("asha", "none")
 MODES = ("max", "min")
 
 _PRIMITIVE = (str, int, float, bool, type(None))

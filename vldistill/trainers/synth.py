@@ -5,7 +5,8 @@ No real training image is used: for each class ``c`` and each synthetic image we
 the frozen teacher's image embedding matches that target (maximum cosine). The student is
 later distilled on these images. The module has three parts:
 
-**Prompt targets** (``data.synthetic.strategy``), one target per synthetic image:
+**Prompt targets** (``data.synthetic.strategy``, a key of the registry :data:`STRATEGIES`),
+one target per synthetic image:
 
 * ``none``: ``base_prompt`` ("a photo of a {}.") for every image: one target per class;
 * ``mix``: ``prompt`` ("a {style} of a {}.") with the ``{style}`` slot holding a random
@@ -77,7 +78,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +89,6 @@ from vldistill.trainers.config.schema import DEFAULT_STYLES, ConfigError, SynthC
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("none", "mix", "random", "contrastive")
 PLACEHOLDER = "*"  # one BPE token in CLIP's vocabulary; marks the style slot in a prompt
 _KEY = "data.synthetic"
 _SEED_MIX, _SEED_RANDOM, _SEED_PSEUDO, _SEED_IMAGES = 11, 13, 17, 19  # independent streams
@@ -316,32 +316,64 @@ def prompt_targets(teacher, names: Sequence[str], cfg: SynthConfig,
     n_per, c = cfg.images_per_class, len(names)
     labels = torch.arange(c).repeat_interleave(n_per)
     within = torch.arange(n_per).repeat(c)  # index of the image within its class
-    stats: dict = {}
-    if cfg.strategy == "none":
-        plain = teacher.encode_text([cfg.base_prompt.format(n) for n in names])
-        return plain[labels.to(plain.device)], labels, ["none"] * len(labels), stats
+    targets, desc, stats = STRATEGIES[cfg.strategy](teacher, names, cfg, labels, within, progress)
+    return targets, labels, desc, stats
+
+
+Strategy = Callable[[Any, Sequence[str], SynthConfig, Tensor, Tensor, bool],
+                    tuple[Tensor, list[str], dict]]
+"""``(teacher, names, cfg, labels, within, progress) -> (targets, styles, stats)``: one
+normalised target per image (``labels``: its class, ``within``: its index in the class)."""
+
+
+def _plain_prompts(teacher, names: Sequence[str], cfg: SynthConfig, labels: Tensor, within: Tensor,
+                   progress: bool) -> tuple[Tensor, list[str], dict]:
+    """``none``: the plain class prompt ``base_prompt`` for every image."""
+    plain = teacher.encode_text([cfg.base_prompt.format(n) for n in names])
+    return plain[labels.to(plain.device)], ["none"] * len(labels), {}
+
+
+def _mixed_styles(teacher, names: Sequence[str], cfg: SynthConfig, labels: Tensor, within: Tensor,
+               progress: bool) -> tuple[Tensor, list[str], dict]:
+    """``mix``: the slot holds a Dirichlet(1) combination of ``mix_words`` style words per image."""
     slots = PromptSlots(teacher, cfg.prompt, names)
     n = len(labels)
-    if cfg.strategy == "mix":
-        words = list(dict.fromkeys(cfg.styles))  # distinct, in order
-        table = torch.stack([word_embedding(teacher, w) for w in words])  # [V, W]
-        gen = _gen(cfg, _SEED_MIX)
-        picks = torch.stack([torch.randperm(len(words), generator=gen)[:cfg.mix_words] for _ in range(n)])
-        w = -torch.log(torch.rand(n, cfg.mix_words, generator=gen).clamp_min(1e-12))
-        w = w / w.sum(1, keepdim=True)  # Dirichlet(1): uniform on the simplex
-        vecs = (w.to(table.device)[..., None] * table[picks.to(table.device)]).sum(1)
-        desc = [" + ".join(f"{float(a):.2f} {words[int(i)]}" for a, i in zip(wr, pr))
-                for wr, pr in zip(w, picks)]
-    elif cfg.strategy == "random":
-        mean, std = token_stats(teacher)
-        vecs = mean + std * torch.randn(n, slots.width, generator=_gen(cfg, _SEED_RANDOM)).to(mean.device)
-        desc = [f"random#{i}" for i in range(n)]
-    else:
-        pseudo, stats = learn_pseudo_words(teacher, names, cfg, progress)
-        style = within % cfg.pseudo_words
-        vecs = pseudo[style.to(pseudo.device)]
-        desc = [f"pseudo#{int(s)}" for s in style]
-    return slots.embed_batched(labels, vecs), labels, desc, stats
+    words = list(dict.fromkeys(cfg.styles))  # distinct, in order
+    table = torch.stack([word_embedding(teacher, w) for w in words])  # [V, W]
+    gen = _gen(cfg, _SEED_MIX)
+    picks = torch.stack([torch.randperm(len(words), generator=gen)[:cfg.mix_words] for _ in range(n)])
+    w = -torch.log(torch.rand(n, cfg.mix_words, generator=gen).clamp_min(1e-12))
+    w = w / w.sum(1, keepdim=True)  # Dirichlet(1): uniform on the simplex
+    vecs = (w.to(table.device)[..., None] * table[picks.to(table.device)]).sum(1)
+    desc = [" + ".join(f"{float(a):.2f} {words[int(i)]}" for a, i in zip(wr, pr))
+            for wr, pr in zip(w, picks)]
+    return slots.embed_batched(labels, vecs), desc, {}
+
+
+def _random_pseudo_words(teacher, names: Sequence[str], cfg: SynthConfig, labels: Tensor, within: Tensor,
+                  progress: bool) -> tuple[Tensor, list[str], dict]:
+    """``random``: the slot holds a fresh Gaussian pseudo-word (token-table statistics) per image."""
+    slots = PromptSlots(teacher, cfg.prompt, names)
+    n = len(labels)
+    mean, std = token_stats(teacher)
+    vecs = mean + std * torch.randn(n, slots.width, generator=_gen(cfg, _SEED_RANDOM)).to(mean.device)
+    return slots.embed_batched(labels, vecs), [f"random#{i}" for i in range(n)], {}
+
+
+def _learned_pseudo_words(teacher, names: Sequence[str], cfg: SynthConfig, labels: Tensor,
+                       within: Tensor, progress: bool) -> tuple[Tensor, list[str], dict]:
+    """``contrastive``: the slot holds learned pseudo-word ``i % pseudo_words`` for image ``i``."""
+    slots = PromptSlots(teacher, cfg.prompt, names)
+    pseudo, stats = learn_pseudo_words(teacher, names, cfg, progress)
+    style = within % cfg.pseudo_words
+    vecs = pseudo[style.to(pseudo.device)]
+    return slots.embed_batched(labels, vecs), [f"pseudo#{int(s)}" for s in style], stats
+
+
+STRATEGIES: dict[str, Strategy] = {"none": _plain_prompts, "mix": _mixed_styles,
+                                   "random": _random_pseudo_words, "contrastive": _learned_pseudo_words}
+"""The prompt strategies by the name ``data.synthetic.strategy`` gives; :func:`validate_synth`
+accepts exactly these keys."""
 
 
 # ----- image synthesis ---------------------------------------------------------------------

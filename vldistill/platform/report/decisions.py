@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from vldistill.platform import racing
-from vldistill.platform.report_html import Section, Table, _figure, _save
+from vldistill.platform.report.render import Section, Table, _figure, _save
 
 log = logging.getLogger(__name__)
 COLOURS = {"better": "#2f855a", "worse": "#c53030", "equivalent": "#2b6cb0", "undecided": "#718096"}

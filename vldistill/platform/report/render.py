@@ -1,7 +1,8 @@
 """Rendering of the ablation report: Markdown, self-contained HTML and the PNG plots.
 
 A report is a list of :class:`Section` (paragraphs, tables of already formatted strings,
-plots written as PNG files); ``report.py`` builds them, this module only draws and prints.
+plots written as PNG files); ``sections.py`` and ``decisions.py`` build them, this module only
+draws and prints.
 The HTML embeds every plot as a base64 ``data:`` URI and its CSS inline: it loads offline,
 makes no network request and needs no JavaScript. Plots use matplotlib's object API with
 the Agg canvas (no pyplot, so no global backend state is touched).
@@ -21,7 +22,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vldistill.platform.report_stats import Interval
+from vldistill.platform.report.stats import Interval
 
 
 @dataclass

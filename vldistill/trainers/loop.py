@@ -181,7 +181,7 @@ class _Trial:
     dist: Dist
     device: torch.device
     splits: Any  # data.folder.Splits
-    teacher: Any  # teachers.Teacher, frozen, never wrapped
+    teacher: Any  # teachers.Teacher or LazyTeacher: frozen, never wrapped
     text: Any  # text.TextTargets
     static: dict[str, float]  # teacher metrics, floors and sizes: part of the final row
     student: torch.nn.Module  # the bare module: evaluated, measured and checkpointed
@@ -192,7 +192,7 @@ class _Trial:
     model: torch.nn.Module | None = None  # the student as trained (DDP, compiled): _ready
     targets: dict[str, torch.Tensor] = field(default_factory=dict)  # text targets, on device
     captions: torch.Tensor | None = None  # ``cap``: one teacher caption embedding per image
-    cache: Any = None  # cache.ViewCache of teacher targets, when the views are replayed
+    cache: Any = None  # cache.TeacherCache of teacher targets, when the views are replayed
 
     @property
     def steps_per_epoch(self) -> int:

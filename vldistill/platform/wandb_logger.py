@@ -66,77 +66,87 @@ def numeric(row: dict) -> dict[str, float]:
 def make_callback(sweep_dir: Path, group: str, project: str | None = None):
     """A Tune ``Callback`` logging every trial to W&B, or ``None`` if wandb is missing."""
     try:
-        import wandb
+        import wandb  # noqa: F401
     except ImportError:
         log.warning("wandb is not installed: W&B logging is off (pip install wandb)")
         return None
     from ray import tune
 
-    class WandbTrials(tune.Callback):
-        """One W&B run per trial. W&B is a view of the results, not their record (that is
-        ``trials.jsonl``): a W&B call that fails (a full disk, a run id still held by the
-        W&B service of a driver that was killed, a server error online) ends W&B logging for
-        that trial with one warning, and the sweep goes on."""
-
-        def __init__(self) -> None:
-            self.runs: dict[str, Any] = {}
-            self.broken: set[str] = set()
-            self.mode = wandb_mode()
-            self.project = project or os.environ.get("WANDB_PROJECT", "vldistill")
-
-        def _guarded(self, trial, what: str, fn) -> None:
-            if trial.trial_id in self.broken:
-                return
-            try:
-                fn()
-            except Exception as e:  # noqa: BLE001  (any W&B failure: log it, keep sweeping)
-                self.broken.add(trial.trial_id)
-                self.runs.pop(trial.trial_id, None)
-                log.warning("W&B: %s failed for trial %s (%s: %s); no more W&B logging for this "
-                            "trial -- its results are in trials.jsonl as usual",
-                            what, trial.trial_id, type(e).__name__, str(e)[:300])
-
-        def _run(self, trial):
-            run = self.runs.get(trial.trial_id)
-            if run is None:
-                config = {k: v for k, v in trial.config.items() if not k.startswith("__")}
-                run = wandb.init(project=self.project, group=group, job_type="trial",
-                                 name=f"{group}-{trial.trial_id}", id=f"{group}-{trial.trial_id}",
-                                 resume="allow", config=config, dir=str(sweep_dir), mode=self.mode,
-                                 reinit="create_new",
-                                 settings=wandb.Settings(console="off", silent=True))
-                self.runs[trial.trial_id] = run
-            return run
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            row = numeric(result)
-            self._guarded(trial, "logging an epoch",
-                          lambda: self._run(trial).log(row, step=int(row.get("epoch", iteration))))
-
-        def _finish(self, trial, status: str) -> None:
-            def finish():
-                run = self._run(trial)  # a trial that never reported gets its run here
-                del self.runs[trial.trial_id]
-                run.summary["status"] = status
-                run.finish(exit_code=0 if status != "failed" else 1)
-
-            self._guarded(trial, "finishing the run", finish)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            from vldistill.platform.searcher import was_stopped_early
-            if (trial.last_result or {}).get("trial_error"):
-                self._finish(trial, "failed")
-            else:
-                self._finish(trial, "pruned" if was_stopped_early(trial.last_result) else "completed")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._finish(trial, "failed")
-
-        def __getstate__(self):  # Tune pickles callbacks into the experiment state
-            return {"mode": self.mode, "project": self.project, "runs": {}, "broken": set()}
-
-        def __setstate__(self, state):
-            self.__dict__.update({"broken": set(), **state})
+    class WandbTrials(_TrialRuns, tune.Callback):
+        """:class:`_TrialRuns` as a Tune callback."""
 
     (Path(sweep_dir) / "wandb").mkdir(parents=True, exist_ok=True)
-    return WandbTrials()
+    return WandbTrials(sweep_dir, group, project)
+
+
+class _TrialRuns:
+    """One W&B run per trial, in ``group`` under ``<sweep_dir>/wandb``; the Tune callback
+    methods of :func:`make_callback`'s ``WandbTrials`` (Ray is imported there, not here).
+
+    W&B is a view of the results, not their record (that is ``trials.jsonl``): a W&B call
+    that fails (a full disk, a run id still held by the W&B service of a driver that was
+    killed, a server error online) ends W&B logging for that trial with one warning, and the
+    sweep goes on."""
+
+    def __init__(self, sweep_dir: str | os.PathLike, group: str, project: str | None = None) -> None:
+        self.runs: dict[str, Any] = {}
+        self.broken: set[str] = set()
+        self.mode = wandb_mode()
+        self.project = project or os.environ.get("WANDB_PROJECT", "vldistill")
+        self.group, self.sweep_dir = group, str(sweep_dir)
+
+    def _guarded(self, trial, what: str, fn) -> None:
+        if trial.trial_id in self.broken:
+            return
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001  (any W&B failure: log it, keep sweeping)
+            self.broken.add(trial.trial_id)
+            self.runs.pop(trial.trial_id, None)
+            log.warning("W&B: %s failed for trial %s (%s: %s); no more W&B logging for this "
+                        "trial -- its results are in trials.jsonl as usual",
+                        what, trial.trial_id, type(e).__name__, str(e)[:300])
+
+    def _run(self, trial):
+        import wandb
+        run = self.runs.get(trial.trial_id)
+        if run is None:
+            config = {k: v for k, v in trial.config.items() if not k.startswith("__")}
+            name = f"{self.group}-{trial.trial_id}"
+            run = wandb.init(project=self.project, group=self.group, job_type="trial",
+                             name=name, id=name, resume="allow", config=config, dir=self.sweep_dir,
+                             mode=self.mode, reinit="create_new",
+                             settings=wandb.Settings(console="off", silent=True))
+            self.runs[trial.trial_id] = run
+        return run
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        row = numeric(result)
+        self._guarded(trial, "logging an epoch",
+                      lambda: self._run(trial).log(row, step=int(row.get("epoch", iteration))))
+
+    def _finish(self, trial, status: str) -> None:
+        def finish():
+            run = self._run(trial)  # a trial that never reported gets its run here
+            del self.runs[trial.trial_id]
+            run.summary["status"] = status
+            run.finish(exit_code=0 if status != "failed" else 1)
+
+        self._guarded(trial, "finishing the run", finish)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        from vldistill.platform.searcher import was_stopped_early
+        if (trial.last_result or {}).get("trial_error"):
+            self._finish(trial, "failed")
+        else:
+            self._finish(trial, "pruned" if was_stopped_early(trial.last_result) else "completed")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, "failed")
+
+    def __getstate__(self):  # Tune pickles callbacks into the experiment state: no live runs
+        return {"mode": self.mode, "project": self.project, "group": self.group,
+                "sweep_dir": self.sweep_dir, "runs": {}, "broken": set()}
+
+    def __setstate__(self, state):
+        self.__dict__.update({"broken": set(), **state})

@@ -319,6 +319,31 @@ def search_space_from_dict(data: dict, source: str = "<dict>",
         SearchSpaceError: naming ``source`` and the offending key.
     """
     err = _Err(source)
+    _check_keys(err, data)
+    name, description = _parse_name(err, data, default_name)
+    metrics, modes = _parse_objectives(err, data)
+    sampler, sampler_seed = _parse_sampler(err, data)
+    sampler, params, design = _parse_params_or_design(err, data, sampler, source)
+    num_samples = _parse_num_samples(err, data, sampler, params, design)
+    racing, raw_seeds = None, data.get("seeds", [0])
+    if isinstance(raw_seeds, dict):
+        racing = _parse_racing(err, raw_seeds)
+        raw_seeds = list(range(racing.max))
+    space = SearchSpace(
+        name=name, metrics=metrics, modes=modes, sampler=sampler,
+        scheduler=_parse_scheduler(err, data.get("scheduler"), len(metrics)),
+        num_samples=num_samples, seeds=_parse_seeds(err, raw_seeds),
+        resources=_parse_resources(err, data.get("resources")), params=params,
+        overrides=_parse_overrides(err, data.get("overrides")), sampler_seed=sampler_seed,
+        description=description, source=source, design=design, racing=racing,
+        teacher_resources=parse_teacher_resources(err, data.get("teacher_resources")))
+    if racing is not None:
+        _check_racing(err, space)
+    return space
+
+
+def _check_keys(err: _Err, data: Any) -> None:
+    """A mapping of known top-level keys, the required ones present."""
     if not isinstance(data, dict):
         raise err("<root>", f"a search space is a mapping of {', '.join(TOP_KEYS)}")
     unknown = [k for k in data if k not in TOP_KEYS]
@@ -327,19 +352,32 @@ def search_space_from_dict(data: dict, source: str = "<dict>",
     for key in _REQUIRED:
         if key not in data:
             raise err(key, "required")
+
+
+def _parse_name(err: _Err, data: dict, default_name: str) -> tuple[str, str]:
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name:
         raise err("name", f"must be a non-empty string, got {name!r}")
     description = data.get("description", "") or ""
     if not isinstance(description, str):
         raise err("description", "must be a string")
-    metrics, modes = _parse_objectives(err, data)
+    return name, description
+
+
+def _parse_sampler(err: _Err, data: dict) -> tuple[str, int]:
     sampler = data.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise err("sampler", f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
     sampler_seed = data.get("sampler_seed", 0)
     if not _is_int(sampler_seed):
         raise err("sampler_seed", f"must be an integer, got {sampler_seed!r}")
+    return sampler, sampler_seed
+
+
+def _parse_params_or_design(err: _Err, data: dict, sampler: str,
+                            source: str) -> tuple[str, dict[str, ParamSpec], Any]:
+    """``(sampler, params, design)``: a design is enumerated like a grid, without params;
+    a grid needs every parameter categorical."""
     design = None
     if data.get("design") is not None:
         if data.get("params"):
@@ -360,6 +398,12 @@ def search_space_from_dict(data: dict, source: str = "<dict>",
             if not p.categorical:
                 raise err(f"params.{p.key}", f"sampler grid enumerates choices; a {p.kind} "
                                              "parameter has none (use choice/grid or tpe/random)")
+    return sampler, params, design
+
+
+def _parse_num_samples(err: _Err, data: dict, sampler: str, params: dict[str, ParamSpec],
+                       design: Any) -> int:
+    """``num_samples``; a grid or a design defaults to its size."""
     grid_size = (len(design.points) if design is not None else
                  math.prod(len(p.values) for p in params.values()) if sampler == "grid" else None)
     num_samples = data.get("num_samples", grid_size)
@@ -367,21 +411,7 @@ def search_space_from_dict(data: dict, source: str = "<dict>",
         raise err("num_samples", f"required for sampler {sampler}")
     if not _is_int(num_samples) or num_samples < 1:
         raise err("num_samples", f"must be an integer >= 1, got {num_samples!r}")
-    racing, raw_seeds = None, data.get("seeds", [0])
-    if isinstance(raw_seeds, dict):
-        racing = _parse_racing(err, raw_seeds)
-        raw_seeds = list(range(racing.max))
-    space = SearchSpace(
-        name=name, metrics=metrics, modes=modes, sampler=sampler,
-        scheduler=_parse_scheduler(err, data.get("scheduler"), len(metrics)),
-        num_samples=num_samples, seeds=_parse_seeds(err, raw_seeds),
-        resources=_parse_resources(err, data.get("resources")), params=params,
-        overrides=_parse_overrides(err, data.get("overrides")), sampler_seed=sampler_seed,
-        description=description, source=source, design=design, racing=racing,
-        teacher_resources=parse_teacher_resources(err, data.get("teacher_resources")))
-    if racing is not None:
-        _check_racing(err, space)
-    return space
+    return num_samples
 
 
 def _check_racing(err: _Err, space: SearchSpace) -> None:

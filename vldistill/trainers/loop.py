@@ -20,6 +20,13 @@ precomputed for the training set) and ``["sentence_embed"]`` (``vld``: the unpai
 sentence bank); ``batch = {"label": ...}``, or ``{}`` with ``distill.labels=false``, where
 the training set itself is an :class:`UnlabelledImages` holding no labels.
 
+``train`` reads as its steps: ``_setup`` (checks, local cache, threads), ``_build`` (data,
+teacher and targets, student, losses, optimiser), ``checkpoint.restore``, ``_ready`` (DDP,
+targets on the device, teacher cache), then per epoch ``_train_epoch`` (``_step`` per batch),
+``_epoch_row``, ``_evaluate``, ``_cost`` for the final row and ``_save``. Data parallelism
+(sharding, DDP and SyncBatchNorm, the collective reductions) lives in ``distributed.py``,
+the atomic ``last.pt`` in ``checkpoint.py``.
+
 Determinism: the batch order of epoch ``e`` and every view are pure functions of
 ``(seed, e)`` and the image index, not of a running RNG, so a run resumed from its
 checkpoint after epoch ``e`` continues bit-for-bit like an uninterrupted one on the CPU.
@@ -33,7 +40,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,16 +51,19 @@ import torch
 from vldistill.trainers.assets import (_EVAL_EMB, _FEEDS, _MEMO, _teacher_embeddings,  # noqa: F401
                                        cache_uri, needs_view_cache, prepare, resolve_dataset,
                                        view_cache, with_local_cache, world_spec)
+from vldistill.trainers.checkpoint import (CKPT_NAME, load_checkpoint, restore,  # noqa: F401
+                                           save_checkpoint, trial_state)
 from vldistill.trainers.config import ConfigError, TrainConfig, check
 from vldistill.trainers.data.folder import UnlabelledImages
 from vldistill.trainers.data.views import make_views, view_seed
+from vldistill.trainers.distributed import (Dist, all_finite, average_grads, dist_info,
+                                            mean_over_ranks, shard, wrap_model)
 from vldistill.trainers.evaluation import evaluate, final_metrics, student_cost
 from vldistill.trainers.losses import WeightedLoss
 from vldistill.trainers.progress import epoch_steps
 from vldistill.trainers.students import build_student
 
 log = logging.getLogger(__name__)
-CKPT_NAME = "last.pt"
 # Config keys of a loss group that the loop consumes (not constructor arguments).
 LOOP_KEYS = {"vld": ("sentences_file", "bank_size", "bank_seed")}
 
@@ -91,45 +101,6 @@ def _lr(step: int, total: int, warmup: int, base: float) -> float:
         return base * (step + 1) / warmup
     t = (step - warmup) / max(total - warmup, 1)
     return base * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def save_checkpoint(state: dict[str, Any], ckpt_dir: Path) -> Path:
-    """Write ``last.pt`` atomically: a crash mid-write leaves the previous one intact."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / CKPT_NAME
-    tmp = ckpt_dir / f".{CKPT_NAME}.tmp{os.getpid()}"
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
-
-
-def load_checkpoint(ckpt_dir: Path | None) -> dict[str, Any] | None:
-    if ckpt_dir is None or not (Path(ckpt_dir) / CKPT_NAME).is_file():
-        return None
-    return torch.load(Path(ckpt_dir) / CKPT_NAME, map_location="cpu", weights_only=True)
-
-
-@dataclass(frozen=True)
-class Dist:
-    """Where this process sits in a data-parallel group (rank 0 of 1 without DDP)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_info() -> Dist:
-    """The torch.distributed group set up by the caller (Ray Train), if any."""
-    import torch.distributed as tdist
-    if tdist.is_available() and tdist.is_initialized():
-        return Dist(tdist.get_rank(), tdist.get_world_size())
-    return Dist()
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:
@@ -176,166 +147,213 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
         The last epoch's row: student metrics, ``teacher/...`` metrics, cost, floors, sizes.
     """
     t_start = time.time()
+    cfg = _setup(cfg)
+    reporter = reporter or LogReporter()
+    ckpt_path = Path(ckpt_dir) if ckpt_dir is not None else None
+    t = _build(cfg, build)
+    start_epoch, last = restore(ckpt_path, t.student, t.opt, t.criterion)
+    _ready(t)
+    epochs, row = cfg.optim.epochs, {}
+    for epoch in range(start_epoch, epochs):
+        t_epoch = time.time()
+        row = _epoch_row(t, epoch, _train_epoch(t, epoch), t_epoch)
+        final = epoch + 1 == epochs
+        if final or (epoch + 1) % cfg.eval.every == 0:  # other epochs carry no (stale) accuracy
+            last = _evaluate(t, final)
+            row.update(last)
+        if final:
+            row.update(_cost(t))
+            row["wall_seconds"] = time.time() - t_start
+        reporter.report(row, _save(t, ckpt_path, epoch + 1, last))
+    if start_epoch >= epochs:  # resumed a finished run: re-evaluate for the final row
+        row = {"epoch": epochs, "epochs": epochs, **_evaluate(t, final=True, mixed=False), **_cost(t)}
+        reporter.report(row, str(ckpt_path) if t.dist.main and ckpt_path else None)
+    return row
+
+
+@dataclass
+class _Trial:
+    """Everything the epochs of one trial use, made by :func:`_build` and :func:`_ready`."""
+
+    cfg: TrainConfig
+    build: bool  # build missing shared assets (see ``train``)
+    dist: Dist
+    device: torch.device
+    splits: Any  # data.folder.Splits
+    teacher: Any  # teachers.Teacher or LazyTeacher: frozen, never wrapped
+    text: Any  # text.TextTargets
+    static: dict[str, float]  # teacher metrics, floors and sizes: part of the final row
+    student: torch.nn.Module  # the bare module: evaluated, measured and checkpointed
+    criterion: WeightedLoss
+    opt: torch.optim.Optimizer
+    train_set: Any  # the training split, without its labels when ``distill.labels=false``
+    token_what: tuple[str, ...]  # teacher token outputs the token losses need; () for none
+    model: torch.nn.Module | None = None  # the student as trained (DDP, compiled): _ready
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)  # text targets, on device
+    captions: torch.Tensor | None = None  # ``cap``: one teacher caption embedding per image
+    cache: Any = None  # cache.TeacherCache of teacher targets, when the views are replayed
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(len(self.train_set) // self.cfg.optim.batch_size, 1)  # drop_last: full batches
+
+    @property
+    def crit_params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.criterion.parameters() if p.requires_grad]  # outside DDP
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The student's embedding (evaluation: the unwrapped module)."""
+        return self.student(images)["embed"]
+
+
+def _setup(cfg: TrainConfig) -> TrainConfig:
+    """Check the config, point it at the local cache and set the torch threads."""
     check_registries(cfg)
     cfg = with_local_cache(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    reporter = reporter or LogReporter()
-    ckpt_path = Path(ckpt_dir) if ckpt_dir is not None else None
+    return cfg
+
+
+def _build(cfg: TrainConfig, build: bool) -> _Trial:
+    """Data, frozen teacher and its targets (``assets.prepare``), the seeded student, the
+    losses and the optimiser."""
     dist, device = dist_info(), pick_device(cfg)
-    o, d = cfg.optim, cfg.data
-    if o.batch_size % dist.world:
-        raise ConfigError(f"optim.batch_size={o.batch_size} must be divisible by the {dist.world} workers")
+    if cfg.optim.batch_size % dist.world:
+        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} must be divisible by the "
+                          f"{dist.world} workers")
     splits, teacher, text, static = prepare(cfg, build)
     teacher.to(device)
-
     torch.manual_seed(cfg.seed)
     student = build_student(cfg.student, teacher.embed_dim).to(device)
+    criterion, what = _build_criterion(cfg, student, teacher, device)
+    opt = _build_optimizer(student, criterion, cfg)
+    # Label-free runs train on images only: the labels are not in the object batches come from.
+    train_set = splits.train if cfg.distill.labels else UnlabelledImages.of(splits.train)
+    return _Trial(cfg=cfg, build=build, dist=dist, device=device, splits=splits, teacher=teacher,
+                  text=text, static=static, student=student, criterion=criterion, opt=opt,
+                  train_set=train_set, token_what=what)
+
+
+def _build_criterion(cfg: TrainConfig, student: torch.nn.Module, teacher: Any,
+                     device: torch.device) -> tuple[WeightedLoss, tuple[str, ...]]:
+    """The weighted losses, and the token outputs (``tokens``, ``attn``) they need.
+
+    P4's token losses tap the student's and the teacher's ViT blocks (before DDP)."""
     loss_kwargs = {n: {k: x for k, x in (asdict(v) if hasattr(v, "__dataclass_fields__") else dict(v)).items()
                        if k not in LOOP_KEYS.get(n, ())}
                    for n in cfg.distill.weights if (v := getattr(cfg.distill, n, None)) is not None}
     token_losses = [n for n in ("attn", "token_nce") if cfg.distill.weights.get(n, 0.0) > 0]
     tok = cfg.distill.tokens
     what = tuple(k for n, k in (("token_nce", "tokens"), ("attn", "attn")) if n in token_losses)
-    if token_losses:  # P4: taps on the student's and the teacher's ViT blocks (before DDP)
+    if token_losses:
         s_tap = student.enable_tokens(tok.student_layers, what=what)
         t_tap = teacher.token_tap(tok.teacher_layers)
         if "token_nce" in token_losses:
             loss_kwargs["token_nce"] = {**loss_kwargs.get("token_nce", {}),
                                         "student_dim": s_tap.width, "teacher_dim": t_tap.width}
-    criterion = WeightedLoss(cfg.distill.weights, loss_kwargs).to(device)
-    opt = _build_optimizer(student, criterion, cfg)
-    crit_params = [p for p in criterion.parameters() if p.requires_grad]
-    # Label-free runs train on images only: the labels are not in the object batches come from.
-    train_set = splits.train if cfg.distill.labels else UnlabelledImages.of(splits.train)
-    n_train = len(train_set)
-    steps_per_epoch = max(n_train // o.batch_size, 1)  # drop_last: contrastive batches stay full
-    total, warmup = steps_per_epoch * o.epochs, steps_per_epoch * o.warmup_epochs
+    return WeightedLoss(cfg.distill.weights, loss_kwargs).to(device), what
 
-    start_epoch, last = 0, {}
-    state = load_checkpoint(ckpt_path)
-    if state is not None:
-        student.load_state_dict(state["student"])
-        opt.load_state_dict(state["optimizer"])
-        if "criterion" in state:  # losses with weights or buffers (token_nce's projection, queue)
-            criterion.load_state_dict(state["criterion"])
-        start_epoch, last = state["epoch"], state.get("metrics", {})
-        log.info("resumed from %s after epoch %d", ckpt_path / CKPT_NAME, start_epoch)
-    model = _wrap(student, cfg, dist, device)
-    text_dev = {"text_embed": text.base.to(device), "vocab_embed": text.vocab.to(device)}
+
+def _ready(t: _Trial) -> None:
+    """After resuming: wrap the student (DDP, compile), put the text targets on the device
+    and open the teacher cache when the views are replayed."""
+    t.model = wrap_model(t.student, t.cfg, t.dist, t.device)
+    text = t.text
+    t.targets = {"text_embed": text.base.to(t.device), "vocab_embed": text.vocab.to(t.device)}
     if text.sentences is not None:
-        text_dev["sentence_embed"] = text.sentences.to(device)
-    captions = text.captions.to(device) if text.captions is not None else None
-    views = cfg.augment.views
-    cache = None
-    if needs_view_cache(cfg):  # P4 runs the teacher online (tokens)
-        cache = view_cache(teacher, splits, cfg, build)
-    local_bs = o.batch_size // dist.world
-    encode = lambda im: student(im)["embed"]  # noqa: E731  (eval: the unwrapped module)
-    row: dict[str, float] = {}
-
-    for epoch in range(start_epoch, o.epochs):
-        t_epoch = time.time()
-        model.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(n_train, generator=gen)
-        sums: dict[str, float] = {}
-        for i in epoch_steps(steps_per_epoch, epoch + 1, o.epochs, cfg.progress and dist.main):
-            step = epoch * steps_per_epoch + i
-            idx = order[i * o.batch_size:(i + 1) * o.batch_size][dist.rank * local_bs:(dist.rank + 1) * local_bs]
-            view = epoch % views if views else epoch
-            x = make_views(train_set.images[idx], view_seed(idx, view), cfg.augment).to(device)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            batch = {"label": train_set.labels[idx].to(device)} if cfg.distill.labels else {}
-            with _autocast(cfg, device):
-                if token_losses:
-                    t_img, t_tok = teacher.encode_images_with_tokens(x, tok.teacher_layers, what)
-                    s_out = model(x, with_tokens=True)
-                else:
-                    t_img = cache.lookup(idx, view).to(device) if cache else teacher.encode_images(x)
-                    t_tok, s_out = {}, model(x)
-                t_out = {"image_embed": t_img, **text_dev, **t_tok}
-                if captions is not None:
-                    t_out["caption_embed"] = captions[idx.to(device)]
-                loss, logs = criterion(s_out, t_out, batch)
-            finite = bool(torch.isfinite(loss))
-            if dist.world > 1:  # all ranks stop together: one rank alone would hang the others
-                import torch.distributed as tdist
-                flag = torch.tensor([1.0 if finite else 0.0], device=device)
-                tdist.all_reduce(flag, op=tdist.ReduceOp.MIN)
-                finite = bool(flag.item() > 0)
-            if not finite:
-                raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}: "
-                                         f"terms {logs}")
-            for g in opt.param_groups:
-                g["lr"] = _lr(step, total, warmup, o.lr)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if dist.world > 1 and crit_params:  # loss-owned weights are outside DDP: average them
-                import torch.distributed as tdist
-                for p in crit_params:
-                    if p.grad is not None:
-                        tdist.all_reduce(p.grad)
-                        p.grad /= dist.world
-            if o.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-            opt.step()
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
-        if dist.world > 1:  # every rank saw its shard: log the global mean, as one process would
-            import torch.distributed as tdist
-            keys = sorted(sums)
-            tot = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
-            tdist.all_reduce(tot)
-            sums = {k: float(v) / dist.world for k, v in zip(keys, tot)}
-        row = {"epoch": epoch + 1, "epochs": o.epochs, "lr": opt.param_groups[0]["lr"],
-               **{k: v / steps_per_epoch for k, v in sums.items()},
-               "train_seconds": time.time() - t_epoch}
-        final = epoch + 1 == o.epochs
-        if final or (epoch + 1) % cfg.eval.every == 0:  # other epochs carry no (stale) accuracy
-            student.eval()
-            kept: dict = {}
-            with _autocast(cfg, device):
-                last = evaluate(encode, splits, text, cfg.eval.batch_size, device, dist, keep=kept)
-            if final:  # fp32: the few-shot copy is fine-tuned here
-                t_eval = _teacher_embeddings(teacher, splits, cfg, build)
-                last.update(final_metrics(student, t_eval, splits, text, cfg, device, dist, kept))
-            row.update(last)
-        if final:
-            row.update(student_cost(student, d.image_size, cfg.eval.latency_iters, cfg=cfg))
-            row.update(static)
-            row["wall_seconds"] = time.time() - t_start
-        checkpoint = None
-        if ckpt_path is not None:
-            if dist.main:
-                save_checkpoint({"student": student.state_dict(), "optimizer": opt.state_dict(),
-                                 "criterion": criterion.state_dict(), "epoch": epoch + 1,
-                                 "metrics": last}, ckpt_path)
-            checkpoint = str(ckpt_path) if dist.main else None
-        reporter.report(row, checkpoint)
-    if start_epoch >= o.epochs:  # resumed a finished run: re-evaluate for the final row
-        student.eval()
-        kept = {}
-        row = {"epoch": o.epochs, "epochs": o.epochs,
-               **evaluate(encode, splits, text, cfg.eval.batch_size, device, dist, keep=kept),
-               **final_metrics(student, _teacher_embeddings(teacher, splits, cfg, build), splits, text, cfg,
-                               device, dist, kept),
-               **student_cost(student, d.image_size, cfg.eval.latency_iters, cfg=cfg), **static}
-        reporter.report(row, str(ckpt_path) if dist.main and ckpt_path else None)
-    return row
+        t.targets["sentence_embed"] = text.sentences.to(t.device)
+    t.captions = text.captions.to(t.device) if text.captions is not None else None
+    if needs_view_cache(t.cfg):  # P4 runs the teacher online (tokens)
+        t.cache = view_cache(t.teacher, t.splits, t.cfg, t.build)
 
 
-def _wrap(student: torch.nn.Module, cfg: TrainConfig, dist: Dist, device: torch.device) -> torch.nn.Module:
-    """channels_last / torch.compile / DDP (with synchronised BatchNorm) as configured."""
-    model = student
+def _train_epoch(t: _Trial, epoch: int) -> dict[str, float]:
+    """One epoch of steps; the sums of each logged loss term, over all ranks' shards."""
+    cfg = t.cfg
+    t.model.train()
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    order = torch.randperm(len(t.train_set), generator=gen)
+    sums: dict[str, float] = {}
+    for i in epoch_steps(t.steps_per_epoch, epoch + 1, cfg.optim.epochs, cfg.progress and t.dist.main):
+        for k, v in _step(t, epoch, i, order).items():
+            sums[k] = sums.get(k, 0.0) + v
+    return mean_over_ranks(sums, t.dist)
+
+
+def _step(t: _Trial, epoch: int, i: int, order: torch.Tensor) -> dict[str, float]:
+    """Step ``i`` of ``epoch``: this rank's views of its shard, the losses, one update."""
+    cfg, o, device = t.cfg, t.cfg.optim, t.device
+    idx = shard(order, i, o.batch_size, t.dist)
+    view = epoch % cfg.augment.views if cfg.augment.views else epoch
+    x = make_views(t.train_set.images[idx], view_seed(idx, view), cfg.augment).to(device)
     if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        if device.type == "cuda":  # SyncBatchNorm is CUDA-only; on CPU (gloo) BN stats are per worker
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        model = torch.compile(model)
-    return model
+        x = x.contiguous(memory_format=torch.channels_last)
+    batch = {"label": t.train_set.labels[idx].to(device)} if cfg.distill.labels else {}
+    with _autocast(cfg, device):
+        s_out, t_out = _forward(t, x, idx, view)
+        loss, logs = t.criterion(s_out, t_out, batch)
+    if not all_finite(bool(torch.isfinite(loss)), t.dist, device):
+        raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}: "
+                                 f"terms {logs}")
+    steps = t.steps_per_epoch
+    for g in t.opt.param_groups:
+        g["lr"] = _lr(epoch * steps + i, steps * o.epochs, steps * o.warmup_epochs, o.lr)
+    t.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    average_grads(t.crit_params, t.dist)  # loss-owned weights are outside DDP
+    if o.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(t.model.parameters(), o.grad_clip)
+    t.opt.step()
+    return logs
+
+
+def _forward(t: _Trial, x: torch.Tensor, idx: torch.Tensor,
+             view: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The student's outputs and the teacher's targets for the batch ``x`` (images ``idx``)."""
+    if t.token_what:
+        t_img, t_tok = t.teacher.encode_images_with_tokens(x, t.cfg.distill.tokens.teacher_layers,
+                                                           t.token_what)
+        s_out = t.model(x, with_tokens=True)
+    else:
+        t_img = t.cache.lookup(idx, view).to(t.device) if t.cache else t.teacher.encode_images(x)
+        t_tok, s_out = {}, t.model(x)
+    t_out = {"image_embed": t_img, **t.targets, **t_tok}
+    if t.captions is not None:
+        t_out["caption_embed"] = t.captions[idx.to(t.device)]
+    return s_out, t_out
+
+
+def _epoch_row(t: _Trial, epoch: int, sums: dict[str, float], t_epoch: float) -> dict[str, float]:
+    """The row of a finished epoch, before evaluation: the mean of each loss term per step."""
+    return {"epoch": epoch + 1, "epochs": t.cfg.optim.epochs, "lr": t.opt.param_groups[0]["lr"],
+            **{k: v / t.steps_per_epoch for k, v in sums.items()},
+            "train_seconds": time.time() - t_epoch}
+
+
+def _evaluate(t: _Trial, final: bool, mixed: bool = True) -> dict[str, float]:
+    """Student metrics on the evaluation splits (under ``precision`` when ``mixed``); the
+    final evaluation adds ``evaluation.final_metrics`` (fp32: the few-shot copy is
+    fine-tuned there)."""
+    t.student.eval()
+    kept: dict = {}
+    with _autocast(t.cfg, t.device) if mixed else contextlib.nullcontext():
+        m = evaluate(t.encode, t.splits, t.text, t.cfg.eval.batch_size, t.device, t.dist, keep=kept)
+    if final:
+        t_eval = _teacher_embeddings(t.teacher, t.splits, t.cfg, t.build)
+        m.update(final_metrics(t.student, t_eval, t.splits, t.text, t.cfg, t.device, t.dist, kept))
+    return m
+
+
+def _cost(t: _Trial) -> dict[str, float]:
+    """The final row's student cost (size, FLOPs, latency) and the static teacher columns."""
+    return {**student_cost(t.student, t.cfg.data.image_size, t.cfg.eval.latency_iters, cfg=t.cfg),
+            **t.static}
+
+
+def _save(t: _Trial, ckpt_path: Path | None, epoch: int, metrics: dict[str, float]) -> str | None:
+    """Rank 0 writes ``last.pt`` after ``epoch`` epochs; the directory to report, if any."""
+    if ckpt_path is None or not t.dist.main:
+        return None
+    save_checkpoint(trial_state(t.student, t.opt, t.criterion, epoch, metrics), ckpt_path)
+    return str(ckpt_path)

@@ -98,7 +98,7 @@ def _race(args):
 
 
 def test_two_processes_asking_at_once_build_the_store_once(tmp_path):
-    from vldistill.platform.cli import load_train_config
+    from vldistill.trainers.config import load_train_config
     from vldistill.trainers.assets import resolve_dataset
     cfg = load_train_config(["experiment=smoke", f"cache_dir={tmp_path / 'cache'}", "data.image_size=20"])
     info = resolve_dataset(cfg, progress=False)  # the smoke world, written once here

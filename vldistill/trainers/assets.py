@@ -135,7 +135,7 @@ def teacher_placement(cfg: TrainConfig) -> tuple[torch.device, bool]:
         if cfg.device == "cuda":
             raise ConfigError("device: 'cuda' requested but CUDA is not available here")
         return torch.device("cpu"), False
-    return torch.device("cuda", torch.cuda.current_device()), cfg.precision == "bf16"
+    return torch.device("cuda", torch.cuda.current_device()), cfg.bf16_on("cuda")
 
 
 def _cast(device: torch.device, bf16: bool):

@@ -49,7 +49,7 @@ def wrap_model(student: torch.nn.Module, cfg: TrainConfig, dist: Dist,
                device: torch.device) -> torch.nn.Module:
     """channels_last / torch.compile / DDP (with synchronised BatchNorm) as configured."""
     model = student
-    if cfg.channels_last:
+    if cfg.channels_last_on(device.type):
         model = model.to(memory_format=torch.channels_last)
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP

@@ -113,7 +113,7 @@ def pick_device(cfg: TrainConfig) -> torch.device:
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.precision == "bf16":
+    if cfg.bf16_on(device.type):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -281,13 +281,22 @@ def _train_epoch(t: _Trial, epoch: int) -> dict[str, float]:
     return mean_over_ranks(sums, t.dist)
 
 
+def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch gathered from the (memory-mapped) image store, to the trial's device as
+    ``uint8`` -- a quarter of the float bytes -- pinned and asynchronous on CUDA; its views
+    are then rendered there (same recipe and seeds, so cached targets still match)."""
+    if device.type != "cuda":
+        return images
+    return images.pin_memory().to(device, non_blocking=True)
+
+
 def _step(t: _Trial, epoch: int, i: int, order: torch.Tensor) -> dict[str, float]:
     """Step ``i`` of ``epoch``: this rank's views of its shard, the losses, one update."""
     cfg, o, device = t.cfg, t.cfg.optim, t.device
     idx = shard(order, i, o.batch_size, t.dist)
     view = epoch % cfg.augment.views if cfg.augment.views else epoch
-    x = make_views(t.train_set.images[idx], view_seed(idx, view), cfg.augment).to(device)
-    if cfg.channels_last:
+    x = make_views(_to_device(t.train_set.images[idx], device), view_seed(idx, view), cfg.augment)
+    if cfg.channels_last_on(device.type):
         x = x.contiguous(memory_format=torch.channels_last)
     batch = {"label": t.train_set.labels[idx].to(device)} if cfg.distill.labels else {}
     with _autocast(cfg, device):

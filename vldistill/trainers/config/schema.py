@@ -279,8 +279,8 @@ class TrainConfig:
     progress: bool = True
     teacher_cache: bool = True  # with augment.views > 0, read teacher targets from the cache
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
-    channels_last: bool = False
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16
+    channels_last: Optional[bool] = None  # None: on CUDA only (the fast layout there)
     compile: bool = False  # torch.compile the student
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -289,3 +289,11 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def bf16_on(self, device_type: str) -> bool:
+        """bf16 autocast on this device: ``precision=bf16``, or ``auto`` on CUDA."""
+        return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
+
+    def channels_last_on(self, device_type: str) -> bool:
+        """channels_last memory layout on this device: as set, or (``None``) on CUDA only."""
+        return device_type == "cuda" if self.channels_last is None else self.channels_last

@@ -20,7 +20,8 @@ def _check(cond: bool, key: str, msg: str) -> None:
 
 def _run_rules(cfg: TrainConfig) -> None:
     _check(cfg.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, got {cfg.device!r}")
-    _check(cfg.precision in ("fp32", "bf16"), "precision", f"must be fp32 or bf16, got {cfg.precision!r}")
+    _check(cfg.precision in ("auto", "fp32", "bf16"), "precision",
+           f"must be auto, fp32 or bf16, got {cfg.precision!r}")
 
 
 def _data_rules(cfg: TrainConfig) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,3 +77,15 @@ def test_student_vit_kwargs_and_timm_defaults():
 def test_unknown_student_is_named_with_close_matches():
     with pytest.raises(ConfigError, match="resnet19"):
         Student(StudentConfig(name="resnet19"), 8)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "vldistill" / "conf"
+                                                          / "student").glob("*.yaml")))
+def test_every_shipped_student_config_builds_and_embeds(name):
+    """``student=<name>`` as shipped: the head takes what the backbone returns (MobileNetV3's
+    1,024-wide pre-logits, not its 576 ``num_features``, broke the shipped config)."""
+    from vldistill.trainers.config import load_train_config
+    cfg = load_train_config([f"student={name}"]).student
+    s = Student(cfg, 24)
+    out = s(torch.rand(2, 3, cfg.image_size, cfg.image_size))
+    assert out["embed"].shape == (2, 24)

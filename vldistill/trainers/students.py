@@ -50,7 +50,9 @@ class Student(nn.Module):
                                               **cfg.kwargs)
         except TypeError as e:
             raise ConfigError(f"student.kwargs: {cfg.kwargs} rejected by timm model {cfg.name}: {e}") from e
-        feat = self.backbone.num_features
+        # what forward() returns: timm's pre-logits width (MobileNetV3: a 1,024-wide conv head
+        # over 576 features), which is num_features for most models
+        feat = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         if cfg.head == "linear":
             self.head = nn.Linear(feat, embed_dim)
         else:

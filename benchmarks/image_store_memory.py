@@ -45,7 +45,7 @@ sampler: grid
 sampler_seed: 0
 seeds: [0]
 resources: {cpu: 1, gpu: 0, workers: 1}
-overrides: [experiment=smoke, student=mobilenetv3, optim.epochs=1, eval.every=1]
+overrides: [experiment=smoke, optim.epochs=1, eval.every=1]
 params:
   distill.cls.tau: {choice: [0.07]}
 """

@@ -205,21 +205,8 @@ def _callbacks_module():
             self.__dict__.update({"remote_uri": None, **state})
 
         def _write(self, trial, status: str, error: str | None) -> None:
-            result = dict(trial.last_result or {})
-            metrics = {k: v for k, v in result.items()
-                       if isinstance(v, (int, float)) and not k.startswith(("time_", "timestamp", "config"))
-                       and k not in ("training_iteration", "pid", "iterations_since_restore",
-                                     "done", "checkpoint_dir_name", "should_checkpoint",
-                                     "epoch", "epochs", "wall_seconds", "train_seconds")}
-            row = {"trial_id": trial.trial_id, "status": status, "error": error,
-                   "params": {k: trial.config.get(k) for k in self.params},
-                   "seed": trial.config.get("seed"), "config": dict(trial.config),
-                   "design_point": trial.config.get("__design__"),
-                   "metrics": metrics, "epochs": int(result.get("epoch", 0)),
-                   "planned_epochs": int(result.get("epochs", trial.config.get("optim.epochs", 0))),
-                   "wall_seconds": float(result.get("time_total_s", 0.0)),
-                   "resources": self.resources,
-                   "nodes": [n for n in str(result.get(NODES_KEY) or "").split(",") if n]}
+            row = trial_row(trial, status, error, self.params, self.resources)
+            metrics = row["metrics"]
             with open(Path(self.sweep_dir) / ROWS, "a") as f:
                 f.write(json.dumps(row) + "\n")
             if self.remote_uri:  # the rows and the study reach the storage URI trial by trial
@@ -251,6 +238,27 @@ def _callbacks_module():
                 self._write(trial, "failed", _error_text(trial))
 
     return RowWriter
+
+
+_NOT_METRICS = ("training_iteration", "pid", "iterations_since_restore", "done", "checkpoint_dir_name",
+                "should_checkpoint", "epoch", "epochs", "wall_seconds", "train_seconds")
+
+
+def trial_row(trial, status: str, error: str | None, params: list[str], resources: dict) -> dict:
+    """The ``trials.jsonl`` row of a finished Tune trial (its last result and config)."""
+    result = dict(trial.last_result or {})
+    metrics = {k: v for k, v in result.items()
+               if isinstance(v, (int, float)) and not k.startswith(("time_", "timestamp", "config"))
+               and k not in _NOT_METRICS}
+    return {"trial_id": trial.trial_id, "status": status, "error": error,
+            "params": {k: trial.config.get(k) for k in params},
+            "seed": trial.config.get("seed"), "config": dict(trial.config),
+            "design_point": trial.config.get("__design__"),
+            "metrics": metrics, "epochs": int(result.get("epoch", 0)),
+            "planned_epochs": int(result.get("epochs", trial.config.get("optim.epochs", 0))),
+            "wall_seconds": float(result.get("time_total_s", 0.0)),
+            "resources": resources,
+            "nodes": [n for n in str(result.get(NODES_KEY) or "").split(",") if n]}
 
 
 def _error_text(trial) -> str:
@@ -510,47 +518,14 @@ def with_teacher_resources(space, overrides: dict):
 def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str | None = None,
               resume: str | None = None, address: str | None = None, wandb: bool = True) -> Path:
     """Run (or resume) a sweep and return its directory."""
-    from vldistill.search_spaces.loader import flatten, load_search_space
-    from vldistill.trainers.config import from_dict, to_dict
-    from vldistill.trainers.storage import is_uri, push_files
-    from vldistill.trainers.strict_files import read_yaml
+    from vldistill.search_spaces.loader import flatten
+    from vldistill.trainers.config import to_dict
+    from vldistill.trainers.storage import push_files
 
-    remote = None
-    overrides, teacher_res = _split_teacher_resources(overrides)
-    if resume and is_uri(resume):
-        remote, sweep_dir = _open_remote(resume, "--resume")
-        if not remote.exists("search_space.yaml"):
-            raise SweepError(f"--resume {resume}: no search_space.yaml there; not a sweep directory")
-        _Lock.check_free(sweep_dir)
-        from vldistill.trainers.storage import pull_sweep
-        shutil.rmtree(sweep_dir, ignore_errors=True)
-        pull_sweep(remote, sweep_dir, skip=(TUNE_DIR, "train"))
-        resume = str(sweep_dir)
     if resume:
-        sweep_dir = Path(resume).expanduser().resolve()
-        if not (sweep_dir / "search_space.yaml").is_file():
-            raise SweepError(f"--resume {sweep_dir}: no search_space.yaml there; not a sweep directory")
-        _Lock.check_free(sweep_dir)
-        if remote is None:
-            check_tune_state(sweep_dir / TUNE_DIR)
-        space = load_search_space(str(sweep_dir / "search_space.yaml"))
-        base = from_dict(read_yaml(sweep_dir / "base_config.yaml"))  # refuses repeated keys
+        space, base, sweep_dir, remote = _open_resumed(resume)
     else:
-        space = load_space(space_ref)
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        if out_dir and is_uri(out_dir):
-            remote, sweep_dir = _open_remote(out_dir, "out_dir")
-            if remote.exists("search_space.yaml") or remote.exists(TUNE_DIR):
-                raise SweepError(f"{out_dir} already holds a sweep; use --resume {out_dir} or another out_dir")
-            _Lock.check_free(sweep_dir)
-            shutil.rmtree(sweep_dir, ignore_errors=True)  # a stale copy of an abandoned start
-        else:
-            sweep_dir = Path(out_dir or Path("runs") / "sweeps" / f"{space.name}-{stamp}").expanduser().resolve()
-        base = checked_base_config(space, overrides)
-        space = with_teacher_resources(space, teacher_res)
-        _Lock.check_free(sweep_dir)
-        if (sweep_dir / ROWS).exists() or (sweep_dir / TUNE_DIR).exists():
-            raise SweepError(f"{sweep_dir} already holds a sweep; use --resume {sweep_dir} or another out_dir")
+        space, base, sweep_dir, remote = _open_new(space_ref, overrides, out_dir)
     _check_files_before_ray(base)
     # Ray first, then the shared assets on the cluster: a teacher checkpoint that cannot load
     # (missing, pickled code) or a broken dataset fails there, before the sweep directory
@@ -570,21 +545,81 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
             (sweep_dir / "base_config.yaml").write_text(yaml.safe_dump(to_dict(base), sort_keys=False))
         if remote is not None:  # the space and base config are there before any trial
             push_files(remote, sweep_dir, ["search_space.yaml", "base_config.yaml"])
-        _run_tune(space, base, sweep_dir, resume is not None, address, wandb, flatten,
+        _run_tune(space, base, sweep_dir, bool(resume), address, wandb, flatten,
                   remote.uri if remote is not None else None)
-        write_csv(sweep_dir)
-        _write_summary(sweep_dir, space, assets)
-        # A local Ray this sweep started stops while the report is built (~1 s each, side
-        # by side); a cluster it joined, or a Ray the caller started, is left running.
-        stopping = _stop_ray_in_background() if started else None
-        _maybe_report(sweep_dir, wandb)  # with W&B: the report's tables and plots as a run too
-        if stopping is not None:
-            stopping.join()
-        if remote is not None:
-            push_files(remote, sweep_dir, [p.name for p in sorted(sweep_dir.iterdir())
-                                           if p.name not in (".lock", TUNE_DIR, "train")])
-            log.info("results uploaded to %s (local working copy: %s)", remote.uri, sweep_dir)
+        _finish(sweep_dir, space, assets, started, wandb, remote)
     return sweep_dir
+
+
+def _open_resumed(resume: str):
+    """``--resume DIR`` (or a URI): the space, base config, directory and remote, checked."""
+    from vldistill.search_spaces.loader import load_search_space
+    from vldistill.trainers.config import from_dict
+    from vldistill.trainers.storage import is_uri
+    from vldistill.trainers.strict_files import read_yaml
+
+    remote = None
+    if is_uri(resume):
+        remote, sweep_dir = _open_remote(resume, "--resume")
+        if not remote.exists("search_space.yaml"):
+            raise SweepError(f"--resume {resume}: no search_space.yaml there; not a sweep directory")
+        _Lock.check_free(sweep_dir)
+        from vldistill.trainers.storage import pull_sweep
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        pull_sweep(remote, sweep_dir, skip=(TUNE_DIR, "train"))
+    else:
+        sweep_dir = Path(resume).expanduser().resolve()
+    if not (sweep_dir / "search_space.yaml").is_file():
+        raise SweepError(f"--resume {sweep_dir}: no search_space.yaml there; not a sweep directory")
+    _Lock.check_free(sweep_dir)
+    if remote is None:
+        check_tune_state(sweep_dir / TUNE_DIR)
+    space = load_search_space(str(sweep_dir / "search_space.yaml"))
+    base = from_dict(read_yaml(sweep_dir / "base_config.yaml"))  # refuses repeated keys
+    return space, base, sweep_dir, remote
+
+
+def _open_new(space_ref: str | None, overrides: Sequence[str], out_dir: str | None):
+    """A new sweep: the space (with the command line's resources), its checked base config,
+    a directory that holds no sweep yet, and the remote when ``out_dir`` is a URI."""
+    from vldistill.trainers.storage import is_uri
+
+    remote = None
+    overrides, resources = _split_teacher_resources(overrides)
+    space = load_space(space_ref)
+    if out_dir and is_uri(out_dir):
+        remote, sweep_dir = _open_remote(out_dir, "out_dir")
+        if remote.exists("search_space.yaml") or remote.exists(TUNE_DIR):
+            raise SweepError(f"{out_dir} already holds a sweep; use --resume {out_dir} or another out_dir")
+        _Lock.check_free(sweep_dir)
+        shutil.rmtree(sweep_dir, ignore_errors=True)  # a stale copy of an abandoned start
+    else:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        sweep_dir = Path(out_dir or Path("runs") / "sweeps" / f"{space.name}-{stamp}").expanduser().resolve()
+    base = checked_base_config(space, overrides)
+    space = with_teacher_resources(space, resources)
+    _Lock.check_free(sweep_dir)
+    if (sweep_dir / ROWS).exists() or (sweep_dir / TUNE_DIR).exists():
+        raise SweepError(f"{sweep_dir} already holds a sweep; use --resume {sweep_dir} or another out_dir")
+    return space, base, sweep_dir, remote
+
+
+def _finish(sweep_dir: Path, space, assets: list[dict], started: bool, wandb: bool, remote) -> None:
+    """After the trials: the CSV, ``sweep.json``, the report, and the upload to a URI."""
+    from vldistill.trainers.storage import push_files
+
+    write_csv(sweep_dir)
+    _write_summary(sweep_dir, space, assets)
+    # A local Ray this sweep started stops while the report is built (~1 s each, side
+    # by side); a cluster it joined, or a Ray the caller started, is left running.
+    stopping = _stop_ray_in_background() if started else None
+    _maybe_report(sweep_dir, wandb)  # with W&B: the report's tables and plots as a run too
+    if stopping is not None:
+        stopping.join()
+    if remote is not None:
+        push_files(remote, sweep_dir, [p.name for p in sorted(sweep_dir.iterdir())
+                                       if p.name not in (".lock", TUNE_DIR, "train")])
+        log.info("results uploaded to %s (local working copy: %s)", remote.uri, sweep_dir)
 
 
 def _stop_ray_in_background():
@@ -613,6 +648,58 @@ def _open_remote(uri: str, what: str):
 def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, flatten,
               remote_uri: str | None = None) -> bool:
     """Run (or resume) the Tune experiment; True when it started the local Ray instance."""
+    from ray import tune
+
+    # Epochs without an evaluation report no accuracy; Tune's strict check would kill the
+    # sweep at epoch 1. The searcher only reads the metric where it is present.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Every trial checkpoints every epoch (exact resume), so Tune snapshots the experiment at
+    # every checkpoint (num_to_keep=1) and warns about it each time; the snapshot is tiny.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    started = _init_ray(address, driver_cpu=0.01 if space.resources.workers > 1 else 0.0)
+    trainable = _trainable(space.resources)
+    storage_path = remote_uri or str(sweep_dir)  # Tune and inner trainers write here directly
+    if resume:
+        tuner = tune.Tuner.restore(f"{storage_path}/{TUNE_DIR}", trainable=trainable,
+                                   resume_unfinished=True, restart_errored=False,
+                                   storage_filesystem=_storage_fs(storage_path))
+    else:
+        tuner = _new_tuner(space, base, sweep_dir, trainable, storage_path, wandb, flatten, remote_uri)
+    tuner.fit()
+    return started
+
+
+def _trainable(res):
+    """``sweep_trainable`` with the trial's resource request (memory in bytes, per worker)."""
+    from ray import tune
+
+    if res.workers > 1:  # the driver holds a sliver; the TorchTrainer's workers hold the rest
+        return tune.with_resources(sweep_trainable, {"cpu": 0.01})
+    return tune.with_resources(sweep_trainable, {"cpu": res.cpu, "gpu": res.gpu, "memory": int(res.memory * 2**30)})
+
+
+def _constants(space, base, storage_path: str, flatten) -> dict:
+    """Every trial's fixed config entries (flattened), with ``__base__``, the base's hash."""
+    from vldistill.trainers.config import to_dict
+
+    res = space.resources
+    constants = flatten(to_dict(base))
+    constants["threads"] = max(1, int(res.cpu))
+    constants["progress"] = False
+    constants[BASE_KEY] = hashlib.sha256(json.dumps(constants, sort_keys=True, default=str)
+                                         .encode()).hexdigest()[:16]
+    if res.workers > 1:
+        constants[WORKERS_KEY] = res.workers
+        constants[RESOURCES_KEY] = {"CPU": res.cpu, "GPU": res.gpu, "memory": int(res.memory * 2**30)}
+        constants[STORAGE_KEY] = f"{storage_path}/train"
+        constants[PLACEMENT_KEY] = res.placement
+    return constants
+
+
+def _new_tuner(space, base, sweep_dir: Path, trainable, storage_path: str, wandb: bool, flatten,
+               remote_uri: str | None):
+    """A new Tune experiment: the seeded Optuna searcher, the scheduler, the row writer
+    (and W&B), every trial queued (``queue_depth``), atomic local storage."""
     import ray
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -621,69 +708,34 @@ def _run_tune(space, base, sweep_dir: Path, resume: bool, address, wandb: bool, 
 
     from vldistill.platform.searcher import DefineByRun, SeededOptunaSearch
     from vldistill.search_spaces.registry import SAMPLERS, SCHEDULERS
-    from vldistill.trainers.config import to_dict
 
-    res = space.resources
-    # Epochs without an evaluation report no accuracy; Tune's strict check would kill the
-    # sweep at epoch 1. The searcher only reads the metric where it is present.
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    # Every trial checkpoints every epoch (exact resume), so Tune snapshots the experiment at
-    # every checkpoint (num_to_keep=1) and warns about it each time; the snapshot is tiny.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    started = _init_ray(address, driver_cpu=0.01 if res.workers > 1 else 0.0)
-    memory = int(res.memory * 2**30)  # bytes, per worker
-    if res.workers > 1:  # the driver holds a sliver; the TorchTrainer's workers hold the rest
-        trainable = tune.with_resources(sweep_trainable, {"cpu": 0.01})
-    else:
-        trainable = tune.with_resources(sweep_trainable, {"cpu": res.cpu, "gpu": res.gpu, "memory": memory})
-    storage_path = remote_uri or str(sweep_dir)  # Tune and inner trainers write here directly
-    if resume:
-        tuner = tune.Tuner.restore(f"{storage_path}/{TUNE_DIR}", trainable=trainable,
-                                   resume_unfinished=True, restart_errored=False,
-                                   storage_filesystem=_storage_fs(storage_path))
-    else:
-        constants = flatten(to_dict(base))
-        constants["threads"] = max(1, int(space.resources.cpu))
-        constants["progress"] = False
-        constants[BASE_KEY] = hashlib.sha256(json.dumps(constants, sort_keys=True, default=str)
-                                             .encode()).hexdigest()[:16]
-        if res.workers > 1:
-            constants[WORKERS_KEY] = res.workers
-            constants[RESOURCES_KEY] = {"CPU": res.cpu, "GPU": res.gpu, "memory": memory}
-            constants[STORAGE_KEY] = f"{storage_path}/train"
-            constants[PLACEMENT_KEY] = res.placement
-        sampler = SAMPLERS[space.sampler](space)
-        storage = JournalStorage(JournalFileBackend(str(sweep_dir / "optuna.journal")))
-        metric = list(space.metrics) if space.multi_objective else space.metrics[0]
-        mode = list(space.modes) if space.multi_objective else space.modes[0]
-        searcher = SeededOptunaSearch(space=DefineByRun(space), metric=metric, mode=mode,
-                                      sampler=sampler, study_name=space.name, storage=storage,
-                                      seeds=space.seeds, search_space=space)
-        scheduler = SCHEDULERS[space.scheduler.type](space, base.optim.epochs, tune_schedulers)
-        RowWriter = _callbacks_module()
-        total = space.trial_count()
-        row_params = list(space.params) or (space.design.keys if space.design is not None else [])
-        callbacks = [RowWriter(str(sweep_dir), row_params, {
-            "cpu": space.resources.cpu, "gpu": space.resources.gpu, "workers": space.resources.workers},
-            total, remote_uri)]
-        callbacks += _wandb_callback(sweep_dir, space.name, wandb)
-        depth, why = queue_depth(space, ray.cluster_resources())
-        log.info("%d trial(s): up to %d started or queued at once (%s); %d fit the cluster now", total, depth,
-                 why, _concurrency(space.resources, ray.cluster_resources()))
-        tuner = tune.Tuner(
-            trainable, param_space=constants,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
-                                        max_concurrent_trials=depth,
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=storage_path,
-                                      storage_filesystem=_storage_fs(storage_path), callbacks=callbacks,
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                      # a crashed trial process restarts from its last
-                                      # checkpoint (deterministic errors end the trial instead)
-                                      failure_config=tune.FailureConfig(max_failures=2),
-                                      verbose=1))
-    tuner.fit()
-    return started
+    storage = JournalStorage(JournalFileBackend(str(sweep_dir / "optuna.journal")))
+    multi = space.multi_objective
+    searcher = SeededOptunaSearch(space=DefineByRun(space), metric=list(space.metrics) if multi else space.metrics[0],
+                                  mode=list(space.modes) if multi else space.modes[0],
+                                  sampler=SAMPLERS[space.sampler](space), study_name=space.name, storage=storage,
+                                  seeds=space.seeds, search_space=space)
+    scheduler = SCHEDULERS[space.scheduler.type](space, base.optim.epochs, tune_schedulers)
+    total = space.trial_count()
+    row_params = list(space.params) or (space.design.keys if space.design is not None else [])
+    r = space.resources
+    callbacks = [_callbacks_module()(str(sweep_dir), row_params, {"cpu": r.cpu, "gpu": r.gpu, "workers": r.workers},
+                                     total, remote_uri)]
+    callbacks += _wandb_callback(sweep_dir, space.name, wandb)
+    depth, why = queue_depth(space, ray.cluster_resources())
+    log.info("%d trial(s): up to %d started or queued at once (%s); %d fit the cluster now", total, depth,
+             why, _concurrency(r, ray.cluster_resources()))
+    return tune.Tuner(
+        trainable, param_space=_constants(space, base, storage_path, flatten),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=total,
+                                    max_concurrent_trials=depth, reuse_actors=True),
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=storage_path,
+                                  storage_filesystem=_storage_fs(storage_path), callbacks=callbacks,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  # a crashed trial process restarts from its last
+                                  # checkpoint (deterministic errors end the trial instead)
+                                  failure_config=tune.FailureConfig(max_failures=2),
+                                  verbose=1))
 
 
 def _storage_fs(storage_path: str):

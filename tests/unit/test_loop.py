@@ -35,6 +35,30 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(smoke_overrides,
         assert again[key] == pytest.approx(full[key], abs=1e-6), key
 
 
+def test_a_finished_trial_resumed_runs_no_step_and_no_evaluation(smoke_overrides, tmp_path, monkeypatch):
+    """A killed driver's ``--resume`` restores a finished trial as running: it must re-report
+    its final row from the checkpoint, not train or evaluate again."""
+    from vldistill.trainers import loop
+    cfg = load_train_config([*smoke_overrides, "optim.epochs=1"])
+    counts = {"evaluate": 0, "epoch": 0}
+    real_eval, real_epoch = loop._evaluate, loop._train_epoch
+
+    def counted(name, fn):
+        def wrapper(*a, **k):
+            counts[name] += 1
+            return fn(*a, **k)
+        return wrapper
+    monkeypatch.setattr(loop, "_evaluate", counted("evaluate", real_eval))
+    monkeypatch.setattr(loop, "_train_epoch", counted("epoch", real_epoch))
+    first_rep = LogReporter()
+    first = train(cfg, first_rep, tmp_path)
+    assert counts == {"evaluate": 1, "epoch": 1}
+    again_rep = LogReporter()
+    again = train(cfg, again_rep, tmp_path)
+    assert counts == {"evaluate": 1, "epoch": 1}  # nothing ran twice
+    assert again == first and again_rep.history == [first]  # the same final row, reported once
+
+
 def test_checkpoint_write_interrupted_midway_keeps_the_previous_one(tmp_path, monkeypatch):
     save_checkpoint({"epoch": 1, "w": torch.ones(2)}, tmp_path)
 

@@ -164,9 +164,11 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None,
         if final:
             row.update(_cost(t))
             row["wall_seconds"] = time.time() - t_start
-        reporter.report(row, _save(t, ckpt_path, epoch + 1, last))
-    if start_epoch >= epochs:  # resumed a finished run: re-evaluate for the final row
-        row = {"epoch": epochs, "epochs": epochs, **_evaluate(t, final=True, mixed=False), **_cost(t)}
+        # the final checkpoint keeps the whole final row: a resumed finished run re-reports it
+        reporter.report(row, _save(t, ckpt_path, epoch + 1, row if final else last))
+    if start_epoch >= epochs:  # resumed a finished run (a killed driver): nothing runs twice
+        row = last if last.get("epoch") == epochs else {  # (checkpoints of older versions)
+            "epoch": epochs, "epochs": epochs, **_evaluate(t, final=True, mixed=False), **_cost(t)}
         reporter.report(row, str(ckpt_path) if t.dist.main and ckpt_path else None)
     return row
 

@@ -31,13 +31,13 @@ into ``sweep.json`` under ``"assets"``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from vldistill.trainers.keys import content_key
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _stage_key(cfg) -> str:
     d = to_dict(cfg)
     parts = {k: d.get(k) for k in ("data", "teacher", "augment", "teacher_cache", "cache_dir")}
     parts["text"] = d["distill"].get("text")
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return content_key(parts)
 
 
 def _lock_dir(cfg) -> Path:

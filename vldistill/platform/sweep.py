@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+
+from vldistill.trainers.keys import content_key
 
 log = logging.getLogger(__name__)
 
@@ -686,8 +687,7 @@ def _constants(space, base, storage_path: str, flatten) -> dict:
     constants = flatten(to_dict(base))
     constants["threads"] = max(1, int(res.cpu))
     constants["progress"] = False
-    constants[BASE_KEY] = hashlib.sha256(json.dumps(constants, sort_keys=True, default=str)
-                                         .encode()).hexdigest()[:16]
+    constants[BASE_KEY] = content_key(constants)
     if res.workers > 1:
         constants[WORKERS_KEY] = res.workers
         constants[RESOURCES_KEY] = {"CPU": res.cpu, "GPU": res.gpu, "memory": int(res.memory * 2**30)}

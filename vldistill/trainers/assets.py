@@ -29,7 +29,6 @@ Everything is memoised per process (a reused Ray actor, or a test, pays loading 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -49,6 +48,7 @@ from vldistill.trainers.data.world import World, WorldSpec
 from vldistill.trainers.evaluation import eval_sizes, evaluate, floors
 from vldistill.trainers.teachers import (LazyTeacher, Teacher, cache_root, embedded_key, load_teacher)
 from vldistill.trainers.text import build_text_targets, caption_embeddings, sentence_bank
+from vldistill.trainers.keys import content_key
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def _cached(path: Path, build: bool, what: str, compute: Callable[[], Any]) -> A
 
 
 def _key(blob: dict) -> str:
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+    return content_key(blob)
 
 
 def _teacher_metrics(teacher, splits: Splits, text, cfg: TrainConfig, build: bool = True,

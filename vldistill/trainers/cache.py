@@ -33,7 +33,6 @@ This module is the per-shard work and the reader; it never imports Ray.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -53,6 +52,7 @@ from tqdm.auto import tqdm
 from vldistill.trainers.config import AugmentConfig
 from vldistill.trainers.data.folder import Splits, load_images
 from vldistill.trainers.data.views import make_views, view_seed
+from vldistill.trainers.keys import content_key
 
 log = logging.getLogger(__name__)
 MANIFEST, META, SHARDS, BUILDS = "manifest.txt", "meta.json", "shards", "builds"
@@ -63,10 +63,10 @@ def cache_key(teacher_key: str, splits: Splits, image_size: int, augment: Augmen
               views: int) -> str:
     root = splits.info.root
     files = "\n".join(f"{p.relative_to(root)}:{p.stat().st_size}" for p in splits.train_paths)
-    data = splits.train_key or hashlib.sha256(files.encode()).hexdigest()
+    data = splits.train_key or content_key(files, 64)
     blob = json.dumps({"v": 1, "teacher": teacher_key, "files": data,
                        "size": image_size, "augment": asdict(augment), "views": views}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return content_key(blob)
 
 
 def shard_images(n: int) -> int:

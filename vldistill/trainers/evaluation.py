@@ -42,6 +42,7 @@ from vldistill.trainers.metrics import (attribute_floor, count_params, harmonic_
                                         neighbour_overlap, relation_to_teacher,
                                         vl_alignment_inversions)
 from vldistill.trainers.text import TextTargets
+from vldistill.trainers.keys import content_key
 
 log = logging.getLogger(__name__)
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # [B,3,H,W] in [0,1] -> [B,D]
@@ -156,8 +157,6 @@ def device_type() -> str:
 
 def _latency_path(cache_dir: str | None, student_cfg: dict, image_size: int, iters: int):
     """``<cache>/latency/<sha256>.json``, keyed by the student, device type and protocol."""
-    import hashlib
-    import json
 
     from vldistill.trainers.storage import is_uri
     from vldistill.trainers.teachers import cache_root
@@ -166,7 +165,7 @@ def _latency_path(cache_dir: str | None, student_cfg: dict, image_size: int, ite
         return None  # an object store: no shared file to link into; measured per trial
     key = {"student": student_cfg, "image_size": image_size, "device": device_type(),
            "protocol": {**LATENCY_PROTOCOL, "iters": max(iters, LATENCY_PROTOCOL["min_iters"])}}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    digest = content_key(key, 24)
     return cache_root(cache_dir) / "latency" / f"{digest}.json", key
 
 

@@ -26,11 +26,12 @@ an S3-compatible endpoint (MinIO, the tests' moto server).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
 from typing import Iterable
+
+from vldistill.trainers.keys import content_key
 
 log = logging.getLogger(__name__)
 DONE = ".done"
@@ -54,7 +55,7 @@ def local_copy_dir(uri: str, kind: str) -> Path:
     """Where this node keeps its working copy of ``uri`` (``$VLDISTILL_STAGING`` or
     ``~/.cache/vldistill/staging``, one directory per URI and kind)."""
     root = Path(os.environ.get("VLDISTILL_STAGING") or Path.home() / ".cache" / "vldistill" / "staging")
-    digest = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    digest = content_key(uri.rstrip("/"))
     return root.expanduser() / f"{kind}-{digest}"
 
 

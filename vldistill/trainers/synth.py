@@ -71,7 +71,6 @@ Measured numbers with the embedded teacher: docs/p3_synthesis.md.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -86,6 +85,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from vldistill.trainers.config.schema import DEFAULT_STYLES, ConfigError, SynthConfig  # noqa: F401
+from vldistill.trainers.keys import content_key
 
 log = logging.getLogger(__name__)
 
@@ -499,7 +499,7 @@ def embedding_diversity(e: Tensor, labels: Tensor | None = None) -> float:
 def synth_key(teacher_key: str, names: Sequence[str], cfg: SynthConfig) -> str:
     blob = json.dumps({"v": 1, "teacher": teacher_key, "classes": list(names), "cfg": asdict(cfg)},
                       sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return content_key(blob)
 
 
 def synthesize(teacher, class_names: Sequence[str], cfg: SynthConfig, cache_root: Path,

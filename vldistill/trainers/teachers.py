@@ -38,7 +38,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -49,6 +48,7 @@ from tqdm.auto import tqdm
 from vldistill.trainers.config.schema import ConfigError, EmbeddedTeacherConfig, TeacherConfig
 from vldistill.trainers.data.world import World, WorldSpec
 from vldistill.trainers.tokens import Taps, TokenTap, tap_open_clip_vit
+from vldistill.trainers.keys import content_key
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _open_clip_identity(name: str, pretrained: str | None) -> tuple[str, str | N
             raise ConfigError(f"teacher.pretrained: checkpoint file not found: {path}")
         key_src = file_sha256(path)
         pretrained = str(path.resolve())
-    return hashlib.sha256(f"{name}|{key_src}".encode()).hexdigest()[:16], pretrained
+    return content_key(f"{name}|{key_src}"), pretrained
 
 
 def load_open_clip(name: str, pretrained: str | None) -> Teacher:
@@ -320,7 +320,7 @@ def check_token_teacher(cfg: TeacherConfig) -> None:
 def embedded_key(cfg: EmbeddedTeacherConfig, world: WorldSpec) -> str:
     # v3: the init is seeded by the recipe (v2 teachers depended on the process's RNG state)
     blob = json.dumps({"v": 3, "teacher": asdict(cfg), "world": world.key()}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return content_key(blob)
 
 
 def _lr_at(step: int, cfg: EmbeddedTeacherConfig) -> float:

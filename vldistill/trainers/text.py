@@ -34,7 +34,6 @@ The vocabulary for ``vlprox`` is the base-class targets plus the dataset's
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 from vldistill.trainers.config.schema import ConfigError, TextConfig
 from vldistill.trainers.data.folder import DataError, DatasetInfo, read_lines
 from vldistill.trainers.strict_files import DuplicateKeyError, read_json
+from vldistill.trainers.keys import content_key
 
 
 @dataclass
@@ -209,11 +209,11 @@ def build_text_targets(teacher, info: DatasetInfo, cfg: TextConfig, cache: Path 
     base_p = class_prompts(info, info.base, cfg)
     novel_p = class_prompts(info, info.novel, cfg)
     extra = read_lines(info.root / "vocabulary.txt") if cfg.vocabulary else []
-    key = hashlib.sha256(json.dumps([base_p, novel_p, extra]).encode()).hexdigest()[:16]
+    key = content_key(json.dumps([base_p, novel_p, extra]))
     path = None
     if cache is not None:
         blob = json.dumps({"teacher": teacher.key, "prompts": key, "v": 1}).encode()
-        path = Path(cache) / "text" / (hashlib.sha256(blob).hexdigest()[:16] + ".pt")
+        path = Path(cache) / "text" / (content_key(blob) + ".pt")
         if path.is_file():
             t = torch.load(path, map_location="cpu", weights_only=True)
             return TextTargets(t["base"], t["novel"], t["vocab"], key)

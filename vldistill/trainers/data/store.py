@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 from vldistill.trainers.data.folder import (DataError, DatasetInfo, LabelledImages, Splits, decode_image,
                                             list_images, split_paths)
+from vldistill.trainers.keys import content_key
 
 log = logging.getLogger(__name__)
 SHARD = 1024  # images per unit of decoding work
@@ -116,8 +117,7 @@ def plan_store(info: DatasetInfo, image_size: int, train_fraction: float, images
     for name in sorted(rel):
         for r, p in zip(rel[name], sets[name][0]):
             sizes.update(f"{name}/{r}:{p.stat().st_size}\n".encode())
-    key = hashlib.sha256(json.dumps({"v": 1, "root": str(root), "size": image_size, "files": sizes.hexdigest()},
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    key = content_key({"v": 1, "root": str(root), "size": image_size, "files": sizes.hexdigest()})
     return StorePlan(folder=str(cache_root / "images" / key), key=key, root=str(root), image_size=image_size,
                      sets={name: {"paths": rel[name], "labels": [int(y) for y in ys], "classes": cls}
                            for name, (_, ys, cls) in sets.items()})

@@ -24,7 +24,6 @@ pre-training stream and the written (student) stream never share an image.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from vldistill.trainers.data import render as R
+from vldistill.trainers.keys import content_key
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class WorldSpec:
     def key(self) -> str:
         """Content key of the written world (changes whenever any image would)."""
         blob = json.dumps({"v": 4, **asdict(self)}, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return content_key(blob)
 
 
 def world_problems(spec) -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ actor pool for the view cache), and then its trials call :func:`prepare` with
 is missing is a :class:`MissingAssetError`, not a silent rebuild on the trial's CPU.
 ``vldistill train`` (one process, no Ray) calls :func:`prepare` with ``build=True``: the
 same functions run here, on the local GPU when there is one (``device=auto``) and in bf16
-when ``precision=bf16``.
+there (``precision=auto``, the default; ``bf16`` / ``fp32`` force it).
 
 Everything is memoised per process (a reused Ray actor, or a test, pays loading once).
 """

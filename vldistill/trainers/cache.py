@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import socket
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -47,7 +46,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from vldistill.trainers.config import AugmentConfig
 from vldistill.trainers.data.folder import Splits, load_images
@@ -310,14 +308,6 @@ class TeacherCache:
         return torch.from_numpy(out)
 
 
-_FORKED: dict = {}  # what forked build workers inherit (the encoder)
-
-
-def _forked_job(shard: int) -> dict:
-    torch.set_num_threads(1)
-    return _FORKED["encoder"](shard)
-
-
 def build_local(plan: ViewCachePlan, encoder: ShardEncoder, progress: bool = True,
                 workers: int | None = None) -> dict:
     """Build the missing shards of ``plan`` in this process (``vldistill train``, tests).
@@ -327,29 +317,13 @@ def build_local(plan: ViewCachePlan, encoder: ShardEncoder, progress: bool = Tru
     per core kept the cores busier than one multi-thread process (docs/benchmarks.md). A
     GPU encodes in this process. Never forks inside a Ray process (sockets, threads).
     """
+    from vldistill.trainers.forked import forked_map
+
     t0 = time.time()
     todo = [i for i in range(plan.shards) if i not in done_shards(plan)]
-    workers = min(workers or torch.get_num_threads(), len(todo))
-    ray = sys.modules.get("ray")
-    records = []
-    bar = tqdm(total=len(todo), desc=f"teacher cache ({plan.images} images x {plan.views} views)",
-               disable=not progress, leave=False)
-    if workers > 1 and encoder.device.type == "cpu" and not (ray is not None and ray.is_initialized()):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-        _FORKED["encoder"] = encoder
-        try:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                for rec in pool.map(_forked_job, todo):
-                    records.append(rec)
-                    bar.update(1)
-        finally:
-            _FORKED.clear()
-    else:
-        for shard in todo:
-            records.append(encoder(shard))
-            bar.update(1)
-    bar.close()
+    workers = min(workers or torch.get_num_threads(), len(todo)) if encoder.device.type == "cpu" else 1
+    records = forked_map(encoder, todo, workers, f"teacher cache ({plan.images} images x {plan.views} views)",
+                         progress)
     return write_meta(plan, records, time.time() - t0,
                       {"built_by": "local", "device": str(encoder.device), "workers": max(workers, 1),
                        "hosts": sorted({r["host"] for r in records})})

@@ -233,14 +233,14 @@ def split_paths(info: DatasetInfo, train_fraction: float, images_per_class: int,
     return train_p, train_y, val_p, val_y
 
 
-def build_splits(info: DatasetInfo, image_size: int, train_fraction: float,
-                 images_per_class: int, split_seed: int, shift_domains: Sequence[str] | None,
-                 max_eval_per_class: int = 0, progress: bool = True, load_train: bool = True) -> Splits:
-    """Split base-class images of the training domain into train/val and load every set.
+def split_sets(info: DatasetInfo, train_fraction: float, images_per_class: int, split_seed: int,
+               shift_domains: Sequence[str] | None, max_eval_per_class: int = 0,
+               load_train: bool = True) -> dict[str, tuple[list[Path], list[int], list[str]]]:
+    """Every image set of a run, as ``name -> (paths, labels, classes)`` (no image opened):
+    ``train`` (unless ``load_train`` is False), ``val``, ``novel``, ``shift-<domain>``.
 
-    The split is a seeded shuffle per class (``split_seed``), independent of the trial seed,
-    so every trial of a sweep sees the same held-out images. ``load_train=False`` (P3's
-    data-free training) opens no training image: ``train`` is empty and ``train_paths`` too.
+    The one place the split recipe lives: :func:`build_splits` decodes these sets into
+    memory, the image store (``store.py``) into memory-mapped files.
     """
     train_domain = info.train_domain
     domains = list(shift_domains) if shift_domains is not None else [
@@ -250,17 +250,14 @@ def build_splits(info: DatasetInfo, image_size: int, train_fraction: float,
             raise DataError(f"data.shift_domains: no folder {info.root / d} (domain folders: {info.domains})")
     train_p, train_y, val_p, val_y = split_paths(info, train_fraction, images_per_class, split_seed,
                                                  max_eval_per_class)
+    sets = {"train": (train_p, train_y, list(info.base))} if load_train else {}
+    sets["val"] = (val_p, val_y, list(info.base))
     novel_p, novel_y = [], []
     for k, cls in enumerate(info.novel):
         ps = _cap(list_images(info.root / train_domain / cls), max_eval_per_class)
         novel_p += ps
         novel_y += [k] * len(ps)
-
-    def load(paths, labels, classes, desc) -> LabelledImages:
-        return LabelledImages(load_images(paths, image_size, progress, desc),
-                              torch.tensor(labels, dtype=torch.long), list(classes))
-
-    shift = {}
+    sets["novel"] = (novel_p, novel_y, list(info.novel))
     for d in domains:
         ps, ys = [], []
         for k, cls in enumerate(info.base):
@@ -269,14 +266,33 @@ def build_splits(info: DatasetInfo, image_size: int, train_fraction: float,
                 raise DataError(f"shift domain {d!r}: class folder {info.root / d / cls} is missing or empty")
             ps += cp
             ys += [k] * len(cp)
-        shift[d] = load(ps, ys, info.base, f"loading {d}")
-    if not load_train:
-        train_p, train_y = [], []
-    train = load(train_p, train_y, info.base, "loading train") if train_p else LabelledImages(
+        sets[f"shift-{d}"] = (ps, ys, list(info.base))
+    return sets
+
+
+def build_splits(info: DatasetInfo, image_size: int, train_fraction: float,
+                 images_per_class: int, split_seed: int, shift_domains: Sequence[str] | None,
+                 max_eval_per_class: int = 0, progress: bool = True, load_train: bool = True) -> Splits:
+    """Split base-class images of the training domain into train/val and load every set
+    into memory (the sweep and ``vldistill train`` map them from the image store instead).
+
+    The split is a seeded shuffle per class (``split_seed``), independent of the trial seed,
+    so every trial of a sweep sees the same held-out images. ``load_train=False`` (P3's
+    data-free training) opens no training image: ``train`` is empty and ``train_paths`` too.
+    """
+    sets = split_sets(info, train_fraction, images_per_class, split_seed, shift_domains,
+                      max_eval_per_class, load_train)
+
+    def load(name: str) -> LabelledImages:
+        paths, labels, classes = sets[name]
+        return LabelledImages(load_images(paths, image_size, progress, f"loading {name}"),
+                              torch.tensor(labels, dtype=torch.long), list(classes))
+
+    shift = {n[len("shift-"):]: load(n) for n in sets if n.startswith("shift-")}
+    train = load("train") if sets.get("train", ([],))[0] else LabelledImages(
         torch.empty(0, 3, image_size, image_size, dtype=torch.uint8), torch.empty(0, dtype=torch.long),
         list(info.base))
-    return Splits(info, train, load(val_p, val_y, info.base, "loading val"),
-                  load(novel_p, novel_y, info.novel, "loading novel"), shift, train_p)
+    return Splits(info, train, load("val"), load("novel"), shift, sets["train"][0] if load_train else [])
 
 
 def read_lines(path: Path) -> list[str]:

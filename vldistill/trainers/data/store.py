@@ -36,21 +36,17 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from vldistill.trainers.data.folder import (DataError, DatasetInfo, LabelledImages, Splits, decode_image,
-                                            list_images, split_paths)
+from vldistill.trainers.data.folder import DatasetInfo, LabelledImages, Splits, decode_image, split_sets
 from vldistill.trainers.keys import content_key
 
 log = logging.getLogger(__name__)
@@ -82,35 +78,9 @@ def _set_file(folder: Path, name: str) -> Path:
 def plan_store(info: DatasetInfo, image_size: int, train_fraction: float, images_per_class: int,
                split_seed: int, shift_domains: Sequence[str] | None, max_eval_per_class: int,
                cache_root: Path, load_train: bool = True) -> StorePlan:
-    """The sets of a run (the split of :func:`folder.build_splits`, no image opened)."""
-    train_domain = info.train_domain
-    domains = list(shift_domains) if shift_domains is not None else [
-        d for d in info.domains if d != train_domain]
-    for d in domains:
-        if d not in info.domains:
-            raise DataError(f"data.shift_domains: no folder {info.root / d} (domain folders: {info.domains})")
-    train_p, train_y, val_p, val_y = split_paths(info, train_fraction, images_per_class, split_seed,
-                                                 max_eval_per_class)
-    cap = (lambda ps: ps) if max_eval_per_class <= 0 else (lambda ps: ps[:max_eval_per_class])
-    sets: dict[str, tuple[list[Path], list[int], list[str]]] = {}
-    if load_train:
-        sets["train"] = (train_p, train_y, list(info.base))
-    sets["val"] = (val_p, val_y, list(info.base))
-    novel_p, novel_y = [], []
-    for k, cls in enumerate(info.novel):
-        ps = cap(list_images(info.root / train_domain / cls))
-        novel_p += ps
-        novel_y += [k] * len(ps)
-    sets["novel"] = (novel_p, novel_y, list(info.novel))
-    for d in domains:
-        ps, ys = [], []
-        for k, cls in enumerate(info.base):
-            cp = cap(list_images(info.root / d / cls))
-            if not cp:
-                raise DataError(f"shift domain {d!r}: class folder {info.root / d / cls} is missing or empty")
-            ps += cp
-            ys += [k] * len(cp)
-        sets[f"shift-{d}"] = (ps, ys, list(info.base))
+    """The sets of a run (``folder.split_sets``: the same split as in-memory loading)."""
+    sets = split_sets(info, train_fraction, images_per_class, split_seed, shift_domains, max_eval_per_class,
+                      load_train)
     root = info.root
     rel = {name: [str(p.relative_to(root)) for p in ps] for name, (ps, _, _) in sets.items()}
     sizes = hashlib.sha256()
@@ -179,38 +149,18 @@ def write_meta(plan: StorePlan, records: Sequence[dict], seconds: float, where: 
     os.replace(tmp, Path(plan.folder) / META)
 
 
-_FORKED: dict = {}
-
-
-def _forked(job: tuple[str, int]) -> dict:
-    return _decode(_FORKED["plan"], job)
-
-
 def build_local(plan: StorePlan, progress: bool = True, workers: int | None = None) -> None:
     """Decode the missing shards here: forked processes (one per core by default), or in
     this process when inside Ray (no forking in a Ray worker) or for a single shard."""
+    from functools import partial
+
+    from vldistill.trainers.forked import forked_map
+
     t0 = time.time()
     todo = allocate(plan)
-    workers = min(workers or os.cpu_count() or 1, len(todo))
-    import sys
-    ray = sys.modules.get("ray")
-    bar = tqdm(total=len(todo), desc=f"image store ({plan.images()} images)", disable=not progress, leave=False)
-    records = []
-    if workers > 1 and not (ray is not None and ray.is_initialized()):
-        _FORKED["plan"] = plan
-        try:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                for rec in pool.map(_forked, todo):
-                    records.append(rec)
-                    bar.update(1)
-        finally:
-            _FORKED.clear()
-    else:
-        for job in todo:
-            records.append(_decode(plan, job))
-            bar.update(1)
-    bar.close()
-    write_meta(plan, records, time.time() - t0, {"built_by": "local", "workers": max(workers, 1)})
+    workers = workers or os.cpu_count() or 1
+    records = forked_map(partial(_decode, plan), todo, workers, f"image store ({plan.images()} images)", progress)
+    write_meta(plan, records, time.time() - t0, {"built_by": "local", "workers": max(min(workers, len(todo)), 1)})
 
 
 def _decode(plan: StorePlan, job: tuple[str, int]) -> dict:

@@ -409,7 +409,9 @@ def _init_ray(address: str | None, driver_cpu: float = 0.0) -> bool:
     os.environ.setdefault("PYTHONWARNINGS", _QUIET_WARNINGS)
     # Not Ray's preload_python_modules (workers importing torch + timm as they start): the
     # first trial then started 1.8 s later, not earlier (2 cores; docs/benchmarks.md (b)).
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    # address="local": a new instance even when another Ray runs on this machine (Ray would
+    # otherwise join it, and refuse num_cpus); join one with address= / $RAY_ADDRESS.
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
     return True
 
 

@@ -38,9 +38,12 @@ params:
 """
 
 DRIVER = textwrap.dedent("""
-    import glob, json, os, sys, threading, time
+    import glob, json, logging, os, sys, threading, time
     import ray
     from ray.cluster_utils import Cluster
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("vldistill").setLevel(logging.INFO)  # the driver's lines, as the CLI logs them
 
     space, out, info = sys.argv[1:4]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})

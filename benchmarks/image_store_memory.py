@@ -7,9 +7,10 @@ code before it (``--old REV``, default ``909530d``: every process decoded its se
 each in a fresh process, in one run.
 
 Measured: the peak ``RssAnon`` (anonymous = private pages; the store's pages are page cache,
-shared by a node's trials and reclaimable) of the sweep driver process, and of the trial
-process (the Ray worker running ``sweep_trainable``, found by its process title), sampled
-every 50 ms. Printed: each peak, and the growth from N to 4N as a fraction of the decoded
+shared by a node's trials and reclaimable), sampled every 50 ms, of the sweep driver
+process; of the sweep's trial process (the Ray worker running ``sweep_trainable``, a
+descendant of the driver); and of the same trial run by ``vldistill train`` with its
+children (the store's forked decoders on the store side). Printed: each peak, and the growth from N to 4N as a fraction of the decoded
 bytes added (``images x 3 x size^2``). Target: < 10% for the store.
 
 Also, in-process: student steps/s reading batches from the memory-mapped store vs from an
@@ -61,16 +62,22 @@ def _rss_anon(pid: int) -> int:
     return 0
 
 
-def _trial_pids() -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"ImplicitFunc" in cmd or b"sweep_trainable" in cmd:
-                out.append(int(d.name))
+def _trial_pids(root: int) -> list[int]:
+    """The sweep's trial processes: descendants of its driver (driver -> raylet -> workers)
+    whose title is Tune's function trainable; other Ray jobs on the machine are not counted."""
+    out, todo, seen = [], [root], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"ImplicitFunc" in cmd or b"sweep_trainable" in cmd:
+            out.append(p)
+        todo += _children(p)
     return out
 
 
@@ -83,7 +90,7 @@ def _sampled(cmd: list[str], env: dict) -> dict:
     def sample():
         while not stop.is_set():
             peaks["driver"] = max(peaks["driver"], _rss_anon(proc.pid))
-            peaks["trial"] = max([peaks["trial"]] + [_rss_anon(p) for p in _trial_pids()])
+            peaks["trial"] = max([peaks["trial"]] + [_rss_anon(p) for p in _trial_pids(proc.pid)])
             time.sleep(0.05)
     t = threading.Thread(target=sample, daemon=True)
     t.start()
@@ -93,6 +100,54 @@ def _sampled(cmd: list[str], env: dict) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
     return peaks
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _tree_rss_anon(pid: int) -> int:
+    todo, total, seen = [pid], 0, set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        total += _rss_anon(p)
+        todo += _children(p)
+    return total
+
+
+def _train(pythonpath: Path, out: Path, cache: Path, per_class: int, size: int) -> int:
+    """Peak RssAnon of ``vldistill train`` (the trial without Ray) and its children."""
+    env = {**os.environ, "PYTHONPATH": str(pythonpath), "VLDISTILL_CACHE": str(cache), "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "vldistill.platform.cli", "train", "experiment=smoke", "optim.epochs=1",
+           "eval.every=1", "progress=false", f"out_dir={out}", f"data.world.per_class={per_class}",
+           f"data.world.shift_per_class={per_class // 2}", f"data.image_size={size}", "data.images_per_class=4"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak, stop = [0], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _tree_rss_anon(proc.pid))
+            time.sleep(0.05)
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    text, _ = proc.communicate()
+    stop.set()
+    t.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{text[-3000:]}")
+    return peak[0]
 
 
 def _sweep(pythonpath: Path, space: Path, out: Path, cache: Path, per_class: int, size: int) -> dict:
@@ -157,9 +212,10 @@ def main() -> None:
         for per_class in (a.small, a.large):
             cache = work / f"cache-{per_class}"  # the world and teacher: shared by both sides
             for name, code in (("store", REPO), ("in-memory", old)):
-                results[(name, per_class)] = _sweep(code, space, work / f"run-{name}-{per_class}", cache,
-                                                    per_class, a.size)
-                print(name, per_class, results[(name, per_class)], flush=True)
+                r = _sweep(code, space, work / f"run-{name}-{per_class}", cache, per_class, a.size)
+                r["train"] = _train(code, work / f"train-{name}-{per_class}", cache, per_class, a.size)
+                results[(name, per_class)] = r
+                print(name, per_class, r, flush=True)
             results[("store", per_class)]["images"] = _count(cache)
         n_small = results[("store", a.small)]["images"]
         n_large = results[("store", a.large)]["images"]
@@ -167,10 +223,11 @@ def main() -> None:
         print(f"\nworld per_class {a.small} -> {a.large}: {n_small} -> {n_large} images at {a.size} px, "
               f"+{added / 2**20:.0f} MiB decoded")
         for name in ("in-memory", "store"):
-            for who in ("driver", "trial"):
-                s, big = results[(name, a.small)][who], results[(name, a.large)][who]
-                print(f"  {name:9s} {who:6s} peak RssAnon {s / 2**20:7.0f} -> {big / 2**20:7.0f} MiB: "
-                      f"growth {100 * (big - s) / added:6.1f}% of the added decoded bytes")
+            for who, label in (("driver", "sweep driver"), ("train", "trial (vldistill train, with children)"),
+                               ("trial", "trial (Ray worker of the sweep)")):
+                sm, big = results[(name, a.small)][who], results[(name, a.large)][who]
+                print(f"  {name:9s} {label:40s} peak RssAnon {sm / 2**20:7.0f} -> {big / 2**20:7.0f} MiB: "
+                      f"growth {100 * (big - sm) / added:6.1f}% of the added decoded bytes")
         ratio = throughput(a.size)
         print(f"student steps/s, store / in-memory (mobilenetv3_small, batch 32, {a.size} px): {ratio:.3f}")
     finally:

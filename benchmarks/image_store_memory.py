@@ -83,7 +83,8 @@ def _trial_pids(root: int) -> list[int]:
 
 def _sampled(cmd: list[str], env: dict) -> dict:
     """Run ``cmd``; peak RssAnon of its own process and of the trial process(es)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tempfile.gettempdir())  # not the repo: `-m` puts the cwd first on sys.path
     peaks = {"driver": 0, "trial": 0}
     stop = threading.Event()
 
@@ -133,7 +134,8 @@ def _train(pythonpath: Path, out: Path, cache: Path, per_class: int, size: int) 
     cmd = [sys.executable, "-m", "vldistill.platform.cli", "train", "experiment=smoke", "optim.epochs=1",
            "eval.every=1", "progress=false", f"out_dir={out}", f"data.world.per_class={per_class}",
            f"data.world.shift_per_class={per_class // 2}", f"data.image_size={size}", "data.images_per_class=4"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tempfile.gettempdir())  # not the repo: `-m` puts the cwd first on sys.path
     peak, stop = [0], threading.Event()
 
     def sample():

@@ -46,7 +46,8 @@ from vldistill.trainers.config import ConfigError, TrainConfig
 from vldistill.trainers.data.folder import DatasetInfo, Splits, read_dataset
 from vldistill.trainers.data.world import World, WorldSpec
 from vldistill.trainers.evaluation import eval_sizes, evaluate, floors
-from vldistill.trainers.teachers import (LazyTeacher, Teacher, cache_root, embedded_key, load_teacher)
+from vldistill.trainers.teachers import (_CKPT_SUFFIXES, LazyTeacher, Teacher, cache_root, embedded_key,
+                                         load_teacher)
 from vldistill.trainers.text import build_text_targets, caption_embeddings, sentence_bank
 from vldistill.trainers.keys import content_key
 
@@ -110,7 +111,7 @@ def check_teacher_checkpoint(cfg: TrainConfig) -> None:
     if t.name == "embedded" or not t.pretrained or t.pretrained.endswith(".safetensors"):
         return
     path = Path(t.pretrained).expanduser()
-    if not (os.sep in t.pretrained or path.suffix in (".pt", ".pth", ".bin", ".ckpt")):
+    if not (os.sep in t.pretrained or t.pretrained.endswith(_CKPT_SUFFIXES)):  # the loader's one list
         return  # an open_clip tag, resolved on the workers
     if not path.is_file():
         raise ConfigError(f"teacher.pretrained: checkpoint file not found: {path}")

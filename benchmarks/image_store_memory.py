@@ -81,17 +81,18 @@ def _trial_pids(root: int) -> list[int]:
     return out
 
 
-def _sampled(cmd: list[str], env: dict) -> dict:
-    """Run ``cmd``; peak RssAnon of its own process and of the trial process(es)."""
+def _sampled(cmd: list[str], env: dict, measures: dict) -> dict:
+    """Run ``cmd`` (outside the repository: ``-m`` puts the cwd first on sys.path); the peak
+    of each ``measures[name](pid)`` over the run, sampled every 50 ms."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=tempfile.gettempdir())  # not the repo: `-m` puts the cwd first on sys.path
-    peaks = {"driver": 0, "trial": 0}
+                            cwd=tempfile.gettempdir())
+    peaks = dict.fromkeys(measures, 0)
     stop = threading.Event()
 
     def sample():
         while not stop.is_set():
-            peaks["driver"] = max(peaks["driver"], _rss_anon(proc.pid))
-            peaks["trial"] = max([peaks["trial"]] + [_rss_anon(p) for p in _trial_pids(proc.pid)])
+            for name, measure in measures.items():
+                peaks[name] = max(peaks[name], measure(proc.pid))
             time.sleep(0.05)
     t = threading.Thread(target=sample, daemon=True)
     t.start()
@@ -134,22 +135,7 @@ def _train(pythonpath: Path, out: Path, cache: Path, per_class: int, size: int) 
     cmd = [sys.executable, "-m", "vldistill.platform.cli", "train", "experiment=smoke", "optim.epochs=1",
            "eval.every=1", "progress=false", f"out_dir={out}", f"data.world.per_class={per_class}",
            f"data.world.shift_per_class={per_class // 2}", f"data.image_size={size}", "data.images_per_class=4"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=tempfile.gettempdir())  # not the repo: `-m` puts the cwd first on sys.path
-    peak, stop = [0], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _tree_rss_anon(proc.pid))
-            time.sleep(0.05)
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    text, _ = proc.communicate()
-    stop.set()
-    t.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{text[-3000:]}")
-    return peak[0]
+    return _sampled(cmd, env, {"train": _tree_rss_anon})["train"]
 
 
 def _sweep(pythonpath: Path, space: Path, out: Path, cache: Path, per_class: int, size: int) -> dict:
@@ -158,7 +144,8 @@ def _sweep(pythonpath: Path, space: Path, out: Path, cache: Path, per_class: int
     cmd = [sys.executable, "-m", "vldistill.platform.cli", "sweep", f"search_space={space}", f"out_dir={out}",
            "--no-wandb", f"data.world.per_class={per_class}", f"data.world.shift_per_class={per_class // 2}",
            f"data.image_size={size}", "data.images_per_class=4"]
-    return _sampled(cmd, env)
+    return _sampled(cmd, env, {"driver": _rss_anon,
+                               "trial": lambda pid: max([0] + [_rss_anon(p) for p in _trial_pids(pid)])})
 
 
 def _count(cache: Path) -> int:

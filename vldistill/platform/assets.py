@@ -173,7 +173,6 @@ def build_image_store(cfg_dict: dict, res: dict) -> dict:
     import ray
     import ray.data
 
-    from vldistill.trainers.data.folder import DataError
     from vldistill.trainers.data.store import SHARD, StorePlan, write_meta
 
     t0 = time.time()
@@ -203,7 +202,7 @@ def build_image_store(cfg_dict: dict, res: dict) -> dict:
             with _quiet_ray_data():
                 for row in ds.iter_rows():
                     progress.update(row)
-        _unwrap(run, label, DataError)
+        _unwrap(run, label)
     seconds = time.time() - t0
     nodes = sorted(progress.nodes)
     write_meta(plan, [{"images": progress.forwards}], seconds, {"built_by": "ray-data", "nodes": nodes,
@@ -214,19 +213,24 @@ def build_image_store(cfg_dict: dict, res: dict) -> dict:
             "nodes": nodes, "device": "cpu", "precision": "uint8", "teacher_built": False}
 
 
-def _unwrap(fn, what: str, *expected: type):
-    """Run ``fn``; an error of ours raised inside Ray comes back as itself (named)."""
+def _unwrap(fn, what: str):
+    """Run ``fn``; an error raised inside Ray (a task, or a Ray Data job's task, wrapped in
+    several layers) comes back as itself: ours (``ConfigError``, ``DataError``: named, exit
+    2) first, else the innermost non-Ray one; only a Ray failure becomes an ``AssetError``."""
     import ray
 
     try:
         return fn()
     except Exception as e:  # noqa: BLE001  (Ray wraps user errors in several layers)
-        cause = e
-        while cause is not None:
-            if isinstance(cause, expected or (Exception,)) and not isinstance(cause, ray.exceptions.RayError) \
-                    and type(cause).__module__.startswith("vldistill"):
-                raise cause from None
+        chain, cause = [], e
+        while cause is not None and cause not in chain:
+            chain.append(cause)
             cause = getattr(cause, "cause", None) or cause.__cause__
+        ours = [c for c in chain if type(c).__module__.startswith("vldistill")]
+        user = [c for c in chain if isinstance(c, Exception) and not isinstance(c, ray.exceptions.RayError)
+                and not type(c).__module__.startswith("ray")]
+        if ours or user:
+            raise (ours or user)[-1] from None
         raise AssetError(f"{what} failed: {e}") from None
 
 
@@ -261,13 +265,7 @@ def _run_prep(cfg_dict: dict, res: dict) -> dict:
         cpus = max([n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")] + [cpus])
     task = ray.remote(max_calls=1)(_prep_task).options(num_cpus=cpus, num_gpus=res["gpu"],
                                                         name="vldistill-shared-assets")
-    try:
-        return ray.get(task.remote(cfg_dict))
-    except ray.exceptions.RayTaskError as e:
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
-            raise cause from None
-        raise AssetError(f"the shared-asset task failed: {e}") from None
+    return _unwrap(lambda: ray.get(task.remote(cfg_dict)), "the shared-asset task")
 
 
 class _ShardActor:

@@ -157,7 +157,8 @@ def sweep_trainable(config: dict[str, Any]) -> None:
         raise ConfigError(f"trial config without the sweep's base config (no {BASE_KEY}); "
                           f"Tune's experiment state was damaged: {sorted(plain)}")
     cfg = from_dict(unflatten(plain))
-    # One "Checkpoint successfully created at: <path>" line per trial and epoch is noise.
+    # One "Checkpoint successfully created at: <path>" line per trial and epoch is noise. A
+    # logger *name* only (no private API is called): if Ray renames it, the lines come back.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="vldistill-trial-"))
     try:

@@ -46,3 +46,15 @@ def test_unknown_key_is_named_with_valid_options():
 def test_wrong_type_or_value_names_the_key(data, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         from_dict(data)
+
+
+def test_bf16_and_channels_last_default_to_cuda_only():
+    from vldistill.trainers.config import load_train_config
+    cfg = load_train_config([])
+    assert cfg.precision == "auto" and cfg.channels_last is None
+    assert cfg.bf16_on("cuda") and not cfg.bf16_on("cpu")
+    assert cfg.channels_last_on("cuda") and not cfg.channels_last_on("cpu")
+    forced = load_train_config(["precision=fp32", "channels_last=false"])
+    assert not forced.bf16_on("cuda") and not forced.channels_last_on("cuda")
+    on = load_train_config(["precision=bf16", "channels_last=true"])
+    assert on.bf16_on("cpu") and on.channels_last_on("cpu")

@@ -47,7 +47,7 @@ QUICK = dict(trials=2, epochs=2, views=2, images_per_class=4, batch_size=24, wor
 
 
 def base_overrides(a: argparse.Namespace, cache_dir: Path) -> list[str]:
-    return [f"teacher=open_clip", f"teacher.name={a.teacher}", "teacher.pretrained=null",
+    return ["teacher=open_clip", f"teacher.name={a.teacher}", "teacher.pretrained=null",
             f"student.name={a.student}", f"data.images_per_class={a.images_per_class}",
             f"data.max_eval_per_class={a.max_eval_per_class}",
             f"data.world.per_class={a.world_per_class}",

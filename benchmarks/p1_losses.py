@@ -67,7 +67,7 @@ def main() -> int:
         print(f"| {combo} | " + " | ".join(fmt([m[k] for m in ms]) for k in METRICS) + f" | {secs:.0f} |")
     t = rows[("cls", args.seeds[0])]
     print("| teacher | " + " | ".join(f"{100 * t['teacher/' + k]:.1f}" for k in METRICS) + " | |")
-    print(f"\nfloors: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(t.items())
+    print("\nfloors: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(t.items())
                                      if k.startswith(("floor/", "chance/"))))
     print(f"eval images: base {t['n/base']}, novel {t['n/novel']}, per shifted domain "
           f"{t['n/shift/sketch']}; wall time of the whole table {wall / 60:.1f} min")

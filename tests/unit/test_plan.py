@@ -69,7 +69,8 @@ def test_plan_of_a_grid_prints_every_configuration_and_the_trial_count_writes_no
     for mse in ("0.0", "1.0"):
         for lr in ("0.001", "0.002", "0.004"):
             assert f"distill.weights.mse={mse}  optim.lr={lr}" in out, (mse, lr)
-    assert "1 worker(s) x 1 CPU, 0 GPU" in out and "trial(s) at once" in out
+    assert "1 worker(s) x 1 CPU, 0 GPU, 2 GiB memory" in out and "trial(s) at once" in out
+    assert "Tune keeps 18 started or queued (every trial queued" in out
     assert "world" in out and "missing" in out and "teacher (embedded)" in out
     assert _tree(tmp_path) == before, "--plan wrote files"
 

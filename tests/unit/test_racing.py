@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from vldistill.platform.racing import Decision, decide, nominal_level, paired, race, to_extend
+from vldistill.platform.racing import Decision, decide, nominal_level, paired, race, seeds_to_decide, to_extend
 
 ALPHA = 0.05
 
@@ -145,3 +145,16 @@ def test_optuna_records_the_mean_over_fixed_seeds():
     assert len(taken) == 6
     assert _recorded(searcher) == pytest.approx({
         (("distill.weights.mse", 0.0),): 0.5, (("distill.weights.mse", 1.0),): 1.5})
+
+
+def test_seeds_to_decide_projects_the_observed_mean_and_sd_by_hand():
+    # d = [0.05, 0.10]: mean 0.075, sd 0.035355. Margin 0.01, one look at 0.05:
+    # n=3: t_2 = 4.3027 -> half-width 0.08783, low -0.0128 (undecided);
+    # n=4: t_3 = 3.1824 -> half-width 0.05626, low +0.0187 > 0.01 -> better.
+    assert seeds_to_decide([0.05, 0.10], 0.01, 0.05) == (4, "better")
+    assert seeds_to_decide([-0.05, -0.10], 0.01, 0.05) == (4, "worse")
+    # mean 0.011 with sd 0.0141: the mean is 0.001 beyond the margin, 0.07 sd -> ~800 seeds.
+    assert seeds_to_decide([0.001, 0.021], 0.01, 0.05) == (None, "undecided")
+    # mean ~0, sd 0.0014: inside +-0.01 at the next seed -> equivalent.
+    assert seeds_to_decide([0.001, -0.001], 0.01, 0.05) == (3, "equivalent")
+    assert seeds_to_decide([0.05], 0.01, 0.05) == (None, "undecided")

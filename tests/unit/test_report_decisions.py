@@ -23,7 +23,8 @@ def _row(i, point, seed, acc, latency):
             "config": {"optim.epochs": 1}, "epochs": 1, "planned_epochs": 1, "wall_seconds": 1.0,
             "resources": {"cpu": 1, "gpu": 0, "workers": 1},
             "metrics": {"novel_acc": acc, "student_params": 11e6, "student_flops": 1e9,
-                        "student_latency_ms": latency}}
+                        "student_latency_ms": latency, "n/novel": 360, "n/base": 360,
+                        "n/shift/sketch": 120, "n/train": 1000}}
 
 
 def test_decisions_head_the_report(tmp_path):
@@ -44,6 +45,21 @@ def test_decisions_head_the_report(tmp_path):
     assert "- mse: better, +0.3000 [" in md and ", 2 seeds" in md
     assert "- im_cst: undecided at the budget, " in md and "4 seeds" in md
     assert "plots/effects.png" in md and (tmp_path / "plots" / "effects.png").is_file()
+    # Why im_cst is undecided: its 4 paired differences (base - no_im_cst) are
+    # [0, -0.1999, +0.2002, -0.0997]: mean -0.0249, sd 0.1708; |mean| - margin = 0.0149,
+    # 0.09 sd -> no run of up to 64 seeds would decide it.
+    assert "- why im_cst is undecided: at 4 seeds its interval is" in md
+    assert "(seed-to-seed sd of the paired difference 0.1708)" in md and "0.09 sd" in md
+    assert "no run of up to 64 seeds" in md and "why mse is undecided" not in md
+    # The design's base point is the headline's baseline (c1 = the base), and the factor
+    # tables read against it; the old unpaired leave-one-out section defers to Decisions.
+    assert "Baseline = the loco design's base point `base`: `c1`." in md
+    assert "Δ 0 − 1" in md
+    # The evaluation sets' sizes, and the binomial half-width on 360 novel images:
+    # 1.96 * sqrt(0.25 / 360) = 0.0516.
+    assert "default 300): novel 360, base 360, shift/sketch 120." in md and "±0.052" in md
+    loco = md[md.index("## 3. Leave one loss component out"):md.index("## 4.")]
+    assert "is a `loco` design" in loco and "|" not in loco
     html = files["report.html"].read_text()
     assert html.index("Decisions") < html.index("Pareto")
     # One architecture (ResNet-18), one cached latency: the less accurate configurations are

@@ -120,24 +120,28 @@ def _trials(space, base) -> list[str]:
 
 
 def _resources(space, address: str | None) -> list[str]:
-    from vldistill.platform.sweep import _concurrency
+    from vldistill.platform.sweep import _concurrency, queue_depth
 
     r = space.resources
-    lines = [f"per trial: {r.workers} worker(s) x {r.cpu:g} CPU, {r.gpu:g} GPU"
+    lines = [f"per trial: {r.workers} worker(s) x {r.cpu:g} CPU, {r.gpu:g} GPU, {r.memory:g} GiB memory"
              + (f", placement {r.placement}" if r.workers > 1 else "")]
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        at_once = (f"{r.max_concurrent} at once (resources.max_concurrent)" if r.max_concurrent
-                   else "as many as its free CPUs/GPUs hold when the sweep starts")
-        lines.append(f"cluster {address}: not checked (--plan does not join it); trials: {at_once}")
+        depth, why = queue_depth(space, {})
+        lines.append(f"cluster {address}: not checked (--plan does not join it); Tune keeps {depth} "
+                     f"trial(s) started or queued ({why}); Ray starts those the cluster fits")
         return lines
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     cpus = (os.cpu_count() or 1) + (1 if r.workers > 1 else 0)
-    n = _concurrency(r, {"CPU": cpus, "GPU": gpus})
+    local = {"CPU": cpus, "GPU": gpus}
+    n = _concurrency(r, local)
+    depth, why = queue_depth(space, local)
+    n = min(n, depth)
     lines.append(f"this machine (a local Ray of {cpus} CPUs, {gpus} GPUs): {n} trial(s) at once"
-                 + (" (resources.max_concurrent)" if r.max_concurrent is not None else ""))
+                 + (" (resources.max_concurrent)" if r.max_concurrent is not None and n == depth else "")
+                 + f"; Tune keeps {depth} started or queued ({why})")
     return lines
 
 

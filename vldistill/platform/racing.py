@@ -159,6 +159,24 @@ def race(values: Mapping[str, Mapping[int, float]], comparisons: Iterable, n_min
     return [out[c.name] for c in comps]
 
 
+def seeds_to_decide(d: Iterable[float], margin: float, level: float, cap: int = 64) -> tuple[int | None, str]:
+    """The fewest seeds (more than ``len(d)``, at most ``cap``) at which a one-look interval
+    at ``level`` would decide, if the mean and seed-to-seed sd of ``d`` stayed as observed;
+    and that decision. ``(None, "undecided")`` when no such count exists up to ``cap`` or
+    ``d`` has fewer than 2 values. A projection for the report's "why undecided", not a test.
+    """
+    x = np.asarray(list(d), dtype=float)
+    if len(x) < 2:
+        return None, "undecided"
+    m, sd = float(x.mean()), float(x.std(ddof=1))
+    for n in range(len(x) + 1, cap + 1):
+        hw = _t_quantile(level, n - 1) * sd / math.sqrt(n)
+        verdict = decide(m - hw, m + hw, margin)
+        if verdict != "undecided":
+            return n, verdict
+    return None, "undecided"
+
+
 def to_extend(decisions: Iterable[Decision], comparisons: Iterable, seeds_of: Mapping[str, int],
               n_max: int) -> list[str]:
     """Configurations that take one more seed: those of an undecided comparison, below max."""

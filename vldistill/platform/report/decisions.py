@@ -56,6 +56,45 @@ def comparison_decisions(space, done: pd.DataFrame, metric: str, mode: str) -> l
     return racing.race(values, comps, lo, hi, margin, alpha, -1.0 if mode == "min" else 1.0)
 
 
+def why_undecided(space, done: pd.DataFrame, metric: str, mode: str, decisions: list[racing.Decision],
+                  margin: float, alpha: float) -> list[str]:
+    """One line per undecided comparison: how wide its interval is and why, and how many seeds
+    would decide it if its mean and seed-to-seed sd stayed as observed (a projection at one
+    look and alpha/m, the strictest Holm step; ``racing.seeds_to_decide``)."""
+    from vldistill.search_spaces.designs import space_comparisons
+
+    comps = {c.name: c for c in space_comparisons(space)}
+    values = _config_values(space, done, metric)
+    level = alpha / max(len(decisions), 1)
+    out = []
+    for d in decisions:
+        if d.decision != "undecided" or d.name not in comps:
+            continue
+        x = list(racing.paired(values, comps[d.name].weights, -1.0 if mode == "min" else 1.0).values())[:d.seeds]
+        if len(x) < 2:
+            out.append(f"why {d.name} is undecided: {len(x)} shared seed(s), no interval yet.")
+            continue
+        sd = float(pd.Series(x).std(ddof=1))
+        line = (f"why {d.name} is undecided: at {len(x)} seeds its interval is ±{(d.high - d.low) / 2:.4f} "
+                f"(seed-to-seed sd of the paired difference {sd:.4f}); ")
+        n, verdict = racing.seeds_to_decide(x, margin, level)
+        if n is not None and n <= 16:
+            line += (f"at this mean and sd about {n} seeds would decide it ({verdict}): race it, "
+                     f"e.g. `seeds: {{min: 2, max: {max(n + 2, 8)}, margin: {margin:g}}}`.")
+        elif n is not None:
+            line += (f"at this mean and sd about {n} seeds would decide it ({verdict}): more than a "
+                     f"race should spend; its mean ({d.estimate:+.4f}) lies only "
+                     f"{abs(abs(d.estimate) - margin) / sd if sd > 0 else 0:.2f} sd from the ±{margin:g} "
+                     "margin (a wider margin, or less seed-to-seed noise, decides it sooner).")
+        else:
+            line += (f"its mean ({d.estimate:+.4f}) lies {abs(abs(d.estimate) - margin):.4f} from the "
+                     f"±{margin:g} margin, {abs(abs(d.estimate) - margin) / sd if sd > 0 else 0:.2f} sd: "
+                     "no run of up to 64 seeds at this sd would decide it (a wider margin, or less "
+                     "seed-to-seed noise, would).")
+        out.append(line)
+    return out
+
+
 def plot_effects(path: Path, decisions: list[racing.Decision], metric: str, margin: float) -> None:
     """One row per comparison: its estimate and interval, coloured by its decision."""
     fig, (ax,) = _figure(1, w=7.5, h=1.0 + 0.45 * max(2, len(decisions)), left=2.6)
@@ -105,6 +144,11 @@ def section_comparisons(sw, plots: Path) -> Section:
                         + " = ".join(design.defining_relation) + ". Main effects are aliased as "
                         "stated per row.")
     sec.text += [f"- {d.line()}" for d in decisions]
+    why = why_undecided(space, sw.done, metric, mode, decisions, margin, r.alpha if r else 0.05)
+    if why:
+        sec.text.append("Undecided, and what would decide it (a projection: the same mean and seed "
+                        "noise, one look at alpha/m):")
+        sec.text += [f"- {w}" for w in why]
     sec.tables.append(Table("decisions", "Comparisons", pd.DataFrame([{
         "comparison": d.name, "decision": ("undecided at budget" if d.at_budget and
                                            d.decision == "undecided" else d.decision),

@@ -66,6 +66,8 @@ class Sweep:
     metrics: list[str]  # metric columns for statistics, in report order
     configs: pd.DataFrame  # one row per configuration of completed trials (means, costs)
     notes: list[str]
+    design: str | None = None  # the space's design type (loco, add_one, ..., full_factorial)
+    base_point: str | None = None  # the design point that is the baseline ("base"; "(1)" for factorials)
 
     @property
     def primary(self) -> tuple[str, str]:
@@ -196,6 +198,14 @@ def _make_factor(key: str, short: str, spec, done: pd.DataFrame) -> Factor:
     return f
 
 
+def _design_baselines(factors: list[Factor], base_rows: pd.DataFrame) -> None:
+    """A design's factors take their baseline level from its base point (the rows given),
+    so that factor differences read against the design's baseline like a grid's."""
+    for f in factors:
+        if f.baseline is None and f.col in base_rows and base_rows[f.col].notna().any():
+            f.baseline = str(base_rows[f.col].dropna().iloc[0])
+
+
 def _metric_order(cols: list[str], objectives: list[tuple[str, str]]) -> list[str]:
     present = set(cols)
     order = (["novel_acc"] + sorted(c for c in present if c.startswith("novel_acc/"))
@@ -247,8 +257,12 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     missing = [m for m, _ in objectives if m not in metrics]
     if missing and len(done):
         notes.append(f"objective metric(s) {', '.join(missing)} not recorded by any completed trial.")
+    design = (space.get("design") or {}).get("type") if isinstance(space.get("design"), dict) else None
+    base_point = None if design is None else "(1)" if design.endswith("factorial") else "base"
+    if base_point is not None and "design_point" in done:
+        _design_baselines(factors, done[done["design_point"] == base_point])
     sweep = Sweep(d, str(space.get("name") or d.name), objectives, factors, trials, done, metrics,
-                  pd.DataFrame(), notes)
+                  pd.DataFrame(), notes, design, base_point)
     sweep.configs = _config_table(sweep)
     return sweep
 

@@ -54,10 +54,14 @@ def config_trials(sw: Sweep, config: str | None, metric: str) -> pd.Series:
 def baseline_mask(sw: Sweep) -> pd.Series | None:
     """Completed trials of the baseline configuration; None when no factor has a baseline.
 
+    A design sweep's baseline is its base point (``Sweep.base_point``).
+
     Categorical factors must sit at their baseline level, numeric factors with a baseline in
     the bin that holds it (a sampled float rarely equals the baseline exactly), factors
     without a baseline are free. Conditional factors (``when``) inactive in a trial are free.
     """
+    if sw.base_point is not None and "design_point" in sw.done:
+        return sw.done["design_point"] == sw.base_point  # a design: its base point
     with_base = [f for f in sw.factors if f.baseline is not None]
     if not with_base:
         return None
@@ -85,3 +89,20 @@ def best_config(sw: Sweep, metric: str) -> str | None:
     return str(c.loc[i, "config"])
 
 
+
+
+def eval_sizes_text(sw: Sweep) -> str | None:
+    """The evaluation sets' sizes the trials recorded (``n/*``), e.g. ``novel 360, base 360,
+    shift/sketch 120``; a range where trials differ; None when no trial recorded them."""
+    cols = [c for c in sw.done.columns if c.startswith("n/") and c != "n/train"]
+    if not cols:
+        return None
+    order = sorted(cols, key=lambda c: (not c.startswith("n/novel"), not c.startswith("n/base"), c))
+    parts = []
+    for c in order:
+        v = pd.to_numeric(sw.done[c], errors="coerce").dropna()
+        if v.empty:
+            continue
+        lo, hi = int(v.min()), int(v.max())
+        parts.append(f"{c[2:]} {lo:,}" if lo == hi else f"{c[2:]} {lo:,}-{hi:,}")
+    return ", ".join(parts) or None

@@ -21,8 +21,8 @@ from vldistill.platform.report import render as rh
 from vldistill.platform.report import stats as rs
 from vldistill.platform.report.loading import COSTS, REPR_METRICS, Factor, Sweep, describe, fmt_value
 from vldistill.platform.report.queries import (baseline_configs, baseline_mask, best_config,
-                                               config_trials, floors_text, main_metrics,
-                                               metric_mode, teacher_value)
+                                               config_trials, eval_sizes_text, floors_text,
+                                               main_metrics, metric_mode, teacher_value)
 from vldistill.platform.report.render import Section, Table, fcost, fdelta, fiv, fnum
 
 log = logging.getLogger(__name__)
@@ -42,17 +42,14 @@ def section_headline(sw: Sweep) -> Section:
         return sec
     mask = baseline_mask(sw)
     base = baseline_configs(sw)
-    free = [f.key for f in sw.factors if f.baseline is None]
-    numeric = [f.key for f in sw.factors if f.baseline is not None and f.kind == "numeric"]
     sec.text.append(
         "Best configuration per metric = highest mean over its completed trials (seeds); "
         "intervals are 95% t-intervals over those trials, the difference to the baseline a 95% "
-        "Welch interval (* = excludes zero). Baseline = the completed trials with every factor "
-        "at its baseline"
-        + (f" ({', '.join(numeric)}: in the bin holding the baseline value)" if numeric else "")
-        + (f" (free: {', '.join(free)})" if free else "") + ": "
-        + (", ".join(f"`{c}`" for c in base) if base else
-           "none in the sweep, so no differences" if mask is not None else "no factor has a baseline") + ".")
+        "Welch interval (* = excludes zero). " + _baseline_text(sw, mask, base))
+    sizes = eval_sizes_text(sw)
+    if sizes:
+        sec.text.append(f"Evaluation sets (images; a folder dataset keeps at most `data.max_eval_per_class` "
+                        f"per class, default 300): {sizes}." + _binomial_note(sw))
     base_rows = sw.done[mask] if mask is not None else sw.done.iloc[:0]
     rows, used = [], list(base)
     for m in [m for m in sw.metrics if m not in REPR_METRICS]:
@@ -87,6 +84,33 @@ def section_headline(sw: Sweep) -> Section:
     if best:
         sec.text.append(f"Best by the sweep objective `{pm}`: `{best}` ({cfg.loc[best, 'label']}).")
     return sec
+
+
+def _binomial_note(sw: Sweep) -> str:
+    """The sampling half-width of an accuracy near 0.5 on the novel set (one trial's)."""
+    n = pd.to_numeric(sw.done.get("n/novel", pd.Series(dtype=float)), errors="coerce").min()
+    if not n or not math.isfinite(n):
+        return ""
+    return (f" On {int(n):,} novel images an accuracy near 0.5 has a binomial 95% half-width of "
+            f"±{1.96 * math.sqrt(0.25 / n):.3f} from the images alone (the same images for every "
+            "trial: it does not enter paired differences).")
+
+
+def _baseline_text(sw: Sweep, mask, base: list[str]) -> str:
+    """What the headline's baseline is: a design's base point, or every factor at its baseline."""
+    found = ", ".join(f"`{c}`" for c in base)
+    if sw.base_point is not None:
+        return (f"Baseline = the {sw.design} design's base point `{sw.base_point}`: "
+                + (found or "no completed trial of it, so no differences") + ".")
+    if mask is None:
+        return ("Baseline: none -- no swept key gives a `baseline:` level (add one to a param, or "
+                "give the space a design), so the headline has no differences.")
+    free = [f.key for f in sw.factors if f.baseline is None]
+    numeric = [f.key for f in sw.factors if f.baseline is not None and f.kind == "numeric"]
+    return ("Baseline = the completed trials with every factor at its baseline"
+            + (f" ({', '.join(numeric)}: in the bin holding the baseline value)" if numeric else "")
+            + (f" (free: {', '.join(free)})" if free else "") + ": "
+            + (found or "none in the sweep, so no differences") + ".")
 
 
 def _factor_tables(sw: Sweep, f: Factor, levels_rows: list[dict]) -> Table:
@@ -156,6 +180,11 @@ def section_factors(sw: Sweep, plots: Path, levels_rows: list[dict]) -> Section:
 def section_loco(sw: Sweep) -> Section:
     """(3) Leave-one-component-out from the best combination of categorical factors."""
     sec = Section("loco", "3. Leave one loss component out")
+    if sw.design is not None:
+        sec.text.append(f"This sweep is a `{sw.design}` design: its comparisons (each against the "
+                        "design's base, paired by seed, with intervals and decisions) are the "
+                        "Decisions section above; no second, unpaired reading here.")
+        return sec
     weights = {f.col: f.zero for f in sw.factors
                if f.key.startswith("distill.weights.") and f.kind == "categorical" and f.zero}
     if not weights:

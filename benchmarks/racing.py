@@ -1,4 +1,5 @@
-"""Benchmark (d): racing seeds (min 2, max 8) vs. fixed 8 seeds on the default 2x2 question.
+"""Benchmark (d): racing seeds (min 2, max 8) vs. fixed 8 seeds on the default 2x2 question
+(or on another space with comparisons: ``--space p1_loco``).
 
 The ``default`` search space (cls + {im_cst, vlprox}, a 2x2 factorial whose comparisons
 are the two main effects) on the embedded world, run twice in one invocation:
@@ -12,7 +13,7 @@ Printed: trials and summed trial seconds of each side, their ratio (target: raci
 of fixed-8's trials), and per comparison both decisions with interval and seeds (target:
 every comparison fixed-8 decides, racing decides the same way or leaves undecided).
 
-    python benchmarks/racing.py [--epochs 10] [--cache-dir DIR] [overrides ...]
+    python benchmarks/racing.py [--space default] [--epochs 10] [--cache-dir DIR] [overrides ...]
 
 ``--epochs`` below the default space's 10 makes it cheaper (say so when quoting numbers).
 """
@@ -40,6 +41,8 @@ def _decisions(sweep_dir: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--space", default="default",
+                    help="a shipped space or .yaml with comparisons (a design, or a grid with baselines)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--work", default=None, help="default /tmp/bench-racing-<time>")
     ap.add_argument("--cache-dir", default="/tmp/vlcache-default")
@@ -48,12 +51,13 @@ def main() -> int:
     a = ap.parse_args()
     from vldistill.search_spaces import load_search_space
 
-    base = load_search_space("default").to_dict()
+    base = load_search_space(a.space).to_dict()
+    base.pop("seeds", None)
     work = Path(a.work or f"/tmp/bench-racing-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     ov = [f"cache_dir={Path(a.cache_dir).resolve()}", f"optim.epochs={a.epochs}",
           f"eval.every={a.epochs}", "progress=false", *a.overrides]
     spaces = {"racing": C.write_space(work / "racing.yaml", {
-                  **base, "name": "racing", "num_samples": 4,
+                  **base, "name": "racing",
                   "seeds": {"min": 2, "max": 8, "margin": 0.01, "alpha": 0.05}}),
               "fixed8": C.write_space(work / "fixed8.yaml", {**base, "name": "fixed8",
                                                              "seeds": list(range(8))})}

@@ -89,8 +89,6 @@ def best_config(sw: Sweep, metric: str) -> str | None:
     return str(c.loc[i, "config"])
 
 
-
-
 def eval_sizes_text(sw: Sweep) -> str | None:
     """The evaluation sets' sizes the trials recorded (``n/*``), e.g. ``novel 360, base 360,
     shift/sketch 120``; a range where trials differ; None when no trial recorded them."""

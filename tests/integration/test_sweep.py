@@ -39,6 +39,41 @@ def test_smoke_sweep_writes_one_row_per_trial(cli, tmp_path):
     assert list((out / "wandb").glob("offline-run-*")), "no offline W&B run written"
 
 
+TEXT_DESIGN = """
+name: text_design
+metric: novel_acc
+mode: max
+scheduler: none
+seeds: [0]
+resources: {cpu: 1, gpu: 0, workers: 1}
+overrides: [experiment=smoke]
+design:
+  type: loco
+  base: {distill.text.source: templates}
+  components:
+    templates: {distill.text.source: classname}
+"""
+
+
+def test_design_points_that_change_the_class_text_get_their_assets_before_the_trials(cli, tmp_path):
+    # The trials only read shared assets: a point whose text source differs from the sweep's
+    # base config must find its text targets built by the sweep (it failed with a
+    # MissingAssetError before), and each point's rows use their own text.
+    space = tmp_path / "text.yaml"
+    space.write_text(TEXT_DESIGN)
+    out = tmp_path / "text"
+    proc = cli(["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = rows_of(out)
+    assert sorted(r["design_point"] for r in rows) == ["base", "no_templates"]
+    assert all(r["status"] == "completed" and r["error"] is None for r in rows), [r["error"] for r in rows]
+    assert {r["config"]["distill.text.source"] for r in rows} == {"templates", "classname"}
+    assets = json.loads((out / "sweep.json").read_text())["assets"]
+    prep = [a for a in assets if a["asset"].startswith("dataset, teacher, text")]
+    assert len(prep) == 2, assets  # the base config (classname) and the templates point
+    assert "shared assets for 2 configurations" in proc.stderr
+
+
 ASHA_SPACE = """
 name: asha_test
 metric: novel_acc
@@ -93,6 +128,7 @@ def _signature(rows: list[dict]) -> list[tuple]:
                    r["status"], tuple(round(r["metrics"][k], 6) for k in keys)) for r in rows)
 
 
+@pytest.mark.slow  # ~2 min: CI keeps the stricter SIGKILL resume (tests/reliability/test_faults.py)
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(cli, ray_env, tmp_path):
     space = tmp_path / "resume.yaml"
     space.write_text(RESUME_SPACE)

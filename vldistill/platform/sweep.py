@@ -438,6 +438,52 @@ def prepare_shared(cfg, teacher_resources: dict | None = None) -> list[dict]:
         raise SweepError(str(e)) from None
 
 
+def asset_configs(space, base) -> list:
+    """The base config and one config per distinct set of shared assets the space's trials
+    will read (``trainers.assets.asset_signature``), base first.
+
+    Trials only read shared assets, so a param or design point that changes one (the class
+    text source, P3's strategy, the dataset, the teacher...) must have its assets built
+    before the trials: every design point; for params, the product of the choices of those
+    that change a signature (``when`` is ignored: a combination that never runs costs a
+    build, never a failed trial). A continuous param that changes one is refused (its values
+    are not known before the trials).
+    """
+    import itertools
+
+    from vldistill.search_spaces.loader import flatten, unflatten
+    from vldistill.trainers.assets import asset_signature
+    from vldistill.trainers.config import from_dict, to_dict
+
+    flat = flatten(to_dict(base))
+    sig0 = asset_signature(base)
+
+    def with_(assign: dict):
+        return from_dict(unflatten({**flat, **assign}))
+
+    if space.design is not None:
+        assigns = [dict(p.assignment) for p in space.design.points]
+    else:
+        changing = []
+        for p in space.params.values():
+            probe = p.values if p.categorical else (p.low, p.high)
+            if any(asset_signature(with_({p.key: v})) != sig0 for v in probe):
+                if not p.categorical:
+                    raise SweepError(f"params.{p.key}: a {p.kind} param changes a shared asset "
+                                     "(built before the trials); give it as choice or grid")
+                changing.append(p)
+        assigns = [dict(zip((p.key for p in changing), combo))
+                   for combo in itertools.product(*(p.values for p in changing))]
+    out, seen = [base], {sig0}
+    for a in assigns:
+        cfg = with_(a)
+        sig = asset_signature(cfg)
+        if sig not in seen:
+            seen.add(sig)
+            out.append(cfg)
+    return out
+
+
 def _split_teacher_resources(overrides: Sequence[str]) -> tuple[list[str], dict]:
     """``teacher_resources.<key>=<value>`` and ``resources.<key>=<value>`` tokens of the
     command line (``{"teacher_resources": {...}, "resources": {...}}``), apart from the
@@ -531,12 +577,16 @@ def run_sweep(space_ref: str | None, overrides: Sequence[str] = (), out_dir: str
     else:
         space, base, sweep_dir, remote = _open_new(space_ref, overrides, out_dir)
     _check_files_before_ray(base)
+    configs = asset_configs(space, base)
+    if len(configs) > 1:
+        log.info("shared assets for %d configurations: the space's params/design points change "
+                 "what its trials read (class text, dataset, teacher...)", len(configs))
     # Ray first, then the shared assets on the cluster: a teacher checkpoint that cannot load
     # (missing, pickled code) or a broken dataset fails there, before the sweep directory
     # gets a single file (the error is re-raised here, naming the file).
     started = _init_ray(address, driver_cpu=0.01 if space.resources.workers > 1 else 0.0)
     try:
-        assets = prepare_shared(base, space.teacher_resources)
+        assets = [rec for cfg in configs for rec in prepare_shared(cfg, space.teacher_resources)]
     except BaseException:
         if started:
             import ray

@@ -42,7 +42,7 @@ import torch
 
 from vldistill.trainers.cache import (TeacherCache, ViewCachePlan, _Flock, build_lock, build_local, ensure_cache,
                                       is_complete, plan_view_cache, ShardEncoder)
-from vldistill.trainers.config import ConfigError, TrainConfig
+from vldistill.trainers.config import ConfigError, TrainConfig, to_dict
 from vldistill.trainers.data.folder import DatasetInfo, Splits, read_dataset
 from vldistill.trainers.data.world import World, WorldSpec
 from vldistill.trainers.evaluation import eval_sizes, evaluate, floors
@@ -387,6 +387,18 @@ def needs_view_cache(cfg: TrainConfig) -> bool:
     """Trials read teacher targets from the view cache (P4's token losses run it online)."""
     online = any(cfg.distill.weights.get(n, 0.0) > 0 for n in ("attn", "token_nce"))
     return cfg.augment.views > 0 and cfg.teacher_cache and not online
+
+
+def asset_signature(cfg: TrainConfig) -> str:
+    """What decides the shared assets a trial of ``cfg`` reads (two configs with one
+    signature read the same entries): the dataset, the teacher, the class text, the cache,
+    the caption / sentence-bank feeds its losses weight, and the view cache's recipe."""
+    w, d = cfg.distill.weights, to_dict(cfg)
+    return content_key({"data": d["data"], "teacher": d["teacher"], "text": d["distill"]["text"],
+                        "cache": cfg.cache_dir, "cap": w.get("cap", 0) > 0,
+                        "vld": ({k: d["distill"]["vld"][k] for k in ("sentences_file", "bank_size", "bank_seed")}
+                                if w.get("vld", 0) > 0 else None),
+                        "views": [d["augment"], d["teacher_cache"]] if needs_view_cache(cfg) else None})
 
 
 def prepare_shared(cfg: TrainConfig) -> dict:

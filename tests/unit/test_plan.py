@@ -140,3 +140,10 @@ def test_epoch_progress_bar_only_on_a_terminal(monkeypatch):
     shown = term.getvalue()
     # the bar's format (its fields), not a speed: no wall-clock bound is asserted
     assert "epoch 2/5" in shown and "/4 [" in shown and "step/s" in shown  # ETA: [elapsed<left, rate]
+
+
+def test_plan_says_the_sweep_builds_assets_for_every_strategy_it_sweeps(tmp_path):
+    proc, status = _cli(tmp_path, "sweep", "--plan", "search_space=prompt_diversification")
+    assert status == {"rc": 0, "ray": False}, proc.stderr[-2000:]
+    assert "for 4 configurations: the space's params/design points change what its trials read" in proc.stdout
+    assert "synthetic training set (P3)" in proc.stdout and "build their own entries" not in proc.stdout

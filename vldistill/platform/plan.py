@@ -170,7 +170,8 @@ def _teacher_key(cfg) -> tuple[str | None, list[tuple[str, str, str]]]:
 
 def shared_assets(cfg) -> list[tuple[str, str, str]]:
     """``(asset, cache path, state)`` of every shared asset the sweep prepares before its
-    first trial (those of the base config), from config and file listings alone."""
+    first trial for ``cfg`` (the base config, or one of ``asset_configs``), from config and
+    file listings alone."""
     from vldistill.trainers.assets import cache_uri, data_root, needs_view_cache
     from vldistill.trainers.cache import cache_key, is_complete
     from vldistill.trainers.data.folder import read_dataset, split_paths
@@ -212,9 +213,13 @@ def shared_assets(cfg) -> list[tuple[str, str, str]]:
 
 
 def _assets(space, base) -> list[str]:
+    from vldistill.platform.sweep import asset_configs
     from vldistill.trainers.teachers import cache_root
 
+    configs = asset_configs(space, base)
     rows = shared_assets(base)
+    for cfg in configs[1:]:
+        rows += [r for r in shared_assets(cfg) if r not in rows]
     res = getattr(space, "teacher_resources", None) or {}
     how = ", ".join(f"{k} {v}" for k, v in res.items()) or "cpu 1, gpu auto (the defaults)"
     lines = [f"shared assets (cache {cache_root(base.cache_dir)}):",
@@ -222,9 +227,9 @@ def _assets(space, base) -> list[str]:
     width = max(len(r[0]) for r in rows)
     for what, path, state in rows:
         lines += [f"  {what:<{width}}  {state}", f"  {'':<{width}}  {path}"]
-    per_trial = [k for k in space.params if k.startswith(("data.", "teacher.", "distill.text.", "augment."))]
-    if per_trial:
-        lines.append(f"  trials that set {', '.join(per_trial)} build their own entries as they start")
+    if len(configs) > 1:
+        lines.insert(2, f"  for {len(configs)} configurations: the space's params/design points change what "
+                        "its trials read (class text, dataset, teacher...); trials never build assets")
     return lines
 
 

@@ -18,6 +18,14 @@ def rows_of(sweep: Path) -> list[dict]:
     return [json.loads(line) for line in (sweep / "trials.jsonl").read_text().splitlines() if line.strip()]
 
 
+def sweep_of(cli, tmp_path: Path, space_text: str, name: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """Write ``space_text`` as a search space and sweep it into ``tmp_path/name`` (no W&B)."""
+    space = tmp_path / f"{name}.yaml"
+    space.write_text(space_text)
+    out = tmp_path / name
+    return out, cli(["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"])
+
+
 def test_smoke_sweep_writes_one_row_per_trial(cli, tmp_path):
     out = tmp_path / "smoke"
     proc = cli(["sweep", "search_space=smoke", f"out_dir={out}"])
@@ -59,10 +67,7 @@ def test_design_points_that_change_the_class_text_get_their_assets_before_the_tr
     # The trials only read shared assets: a point whose text source differs from the sweep's
     # base config must find its text targets built by the sweep (it failed with a
     # MissingAssetError before), and each point's rows use their own text.
-    space = tmp_path / "text.yaml"
-    space.write_text(TEXT_DESIGN)
-    out = tmp_path / "text"
-    proc = cli(["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"])
+    out, proc = sweep_of(cli, tmp_path, TEXT_DESIGN, "text")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = rows_of(out)
     assert sorted(r["design_point"] for r in rows) == ["base", "no_templates"]
@@ -90,10 +95,7 @@ params:
 
 
 def test_asha_stopped_trials_are_pruned_in_the_optuna_study(cli, tmp_path):
-    space = tmp_path / "asha.yaml"
-    space.write_text(ASHA_SPACE)
-    out = tmp_path / "asha"
-    proc = cli(["sweep", f"search_space={space}", f"out_dir={out}", "--no-wandb"])
+    out, proc = sweep_of(cli, tmp_path, ASHA_SPACE, "asha")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["trial_id"]: r for r in rows_of(out)}
     pruned = [r for r in rows.values() if r["status"] == "pruned"]

@@ -78,17 +78,17 @@ def why_undecided(space, done: pd.DataFrame, metric: str, mode: str, decisions: 
         line = (f"why {d.name} is undecided: at {len(x)} seeds its interval is ±{(d.high - d.low) / 2:.4f} "
                 f"(seed-to-seed sd of the paired difference {sd:.4f}); ")
         n, verdict = racing.seeds_to_decide(x, margin, level)
+        gap = abs(abs(d.estimate) - margin)  # how far the mean lies from the margin
+        gap_sd = gap / sd if sd > 0 else 0.0
         if n is not None and n <= 16:
             line += (f"at this mean and sd about {n} seeds would decide it ({verdict}): race it, "
                      f"e.g. `seeds: {{min: 2, max: {max(n + 2, 8)}, margin: {margin:g}}}`.")
         elif n is not None:
             line += (f"at this mean and sd about {n} seeds would decide it ({verdict}): more than a "
-                     f"race should spend; its mean ({d.estimate:+.4f}) lies only "
-                     f"{abs(abs(d.estimate) - margin) / sd if sd > 0 else 0:.2f} sd from the ±{margin:g} "
-                     "margin (a wider margin, or less seed-to-seed noise, decides it sooner).")
+                     f"race should spend; its mean ({d.estimate:+.4f}) lies only {gap_sd:.2f} sd from "
+                     f"the ±{margin:g} margin (a wider margin, or less seed-to-seed noise, decides it sooner).")
         else:
-            line += (f"its mean ({d.estimate:+.4f}) lies {abs(abs(d.estimate) - margin):.4f} from the "
-                     f"±{margin:g} margin, {abs(abs(d.estimate) - margin) / sd if sd > 0 else 0:.2f} sd: "
+            line += (f"its mean ({d.estimate:+.4f}) lies {gap:.4f} from the ±{margin:g} margin, {gap_sd:.2f} sd: "
                      "no run of up to 64 seeds at this sd would decide it (a wider margin, or less "
                      "seed-to-seed noise, would).")
         out.append(line)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import yaml
 from reliability_helpers import (NAN_SPACE, NAN_TAU, TAG_VAR, error_lines, kill_tagged, row_lines,
                                  signature, spawn, tagged_pids, wait_for)
 from vldistill.platform.cli import load_train_config
+from vldistill.platform.sweep import WORK_PREFIX
 from vldistill.trainers.loop import CKPT_NAME, LogReporter, NonFiniteLossError, load_checkpoint, train
 
 ACCS = ("loss", "base_acc", "novel_acc", "hmean", "shift_acc", "novel_acc/compositional",
@@ -71,6 +73,7 @@ def test_killed_trial_process_resumes_from_its_checkpoint_with_uninterrupted_met
         victim = rows[-1]["pid"]
         killed_after = rows[-1]["epoch"]
         assert killed_after < 3, "the trial finished before it could be killed"
+        assert list(Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}{victim}-*")), "no work dir"
         os.kill(victim, signal.SIGKILL)  # the Ray actor running the training loop
         driver.wait(timeout=400)
     finally:
@@ -85,6 +88,9 @@ def test_killed_trial_process_resumes_from_its_checkpoint_with_uninterrupted_met
     assert pids[0] == victim and pids[-1] != victim, "the trial was not restarted in a new process"
     restart = next(i for i, p in enumerate(pids) if p != victim)
     assert epochs[restart] == epochs[restart - 1] + 1, "the restart did not continue from the checkpoint"
+    # The killed process never reached its cleanup: its restart removed its work directory
+    # (last.pt) from this node's temporary directory.
+    assert not list(Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}{victim}-*"))
 
     rows = row_lines(out)
     assert len(rows) == 1 and rows[0]["status"] == "completed" and rows[0]["error"] is None

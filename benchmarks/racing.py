@@ -4,8 +4,9 @@
 The ``default`` search space (cls + {im_cst, vlprox}, a 2x2 factorial whose comparisons
 are the two main effects) on the embedded world, run twice in one invocation:
 
-* racing: ``seeds: {min: 2, max: 8, margin: 0.01}`` -- seeds are added a round at a time
-  only while a main effect is undecided (``vldistill/platform/racing.py``);
+* racing: ``seeds: {min: 2, max: 8, margin: 0.01, futility: 0.1}`` -- seeds are added a
+  round at a time only while a main effect is undecided and not futile
+  (``vldistill/platform/racing.py``; ``--futility 0`` races every undecided one to max);
 * fixed: ``seeds: [0, ..., 7]`` -- every configuration runs 8 seeds; the report's decisions
   then rest on one look at 8 seeds (same margin, alpha, Holm).
 
@@ -13,7 +14,7 @@ Printed: trials and summed trial seconds of each side, their ratio (target: raci
 of fixed-8's trials), and per comparison both decisions with interval and seeds (target:
 every comparison fixed-8 decides, racing decides the same way or leaves undecided).
 
-    python benchmarks/racing.py [--space default] [--epochs 10] [--cache-dir DIR] [overrides ...]
+    python benchmarks/racing.py [--space default] [--epochs 10] [--futility 0.1] [--cache-dir DIR] [overrides ...]
 
 ``--epochs`` below the default space's 10 makes it cheaper (say so when quoting numbers).
 """
@@ -44,6 +45,8 @@ def main() -> int:
     ap.add_argument("--space", default="default",
                     help="a shipped space or .yaml with comparisons (a design, or a grid with baselines)")
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--futility", type=float, default=0.1,
+                    help="the racing side's seeds.futility (0: race every undecided comparison to max)")
     ap.add_argument("--work", default=None, help="default /tmp/bench-racing-<time>")
     ap.add_argument("--cache-dir", default="/tmp/vlcache-default")
     ap.add_argument("--out", default="/tmp/bench-racing.json")
@@ -58,7 +61,8 @@ def main() -> int:
           f"eval.every={a.epochs}", "progress=false", *a.overrides]
     spaces = {"racing": C.write_space(work / "racing.yaml", {
                   **base, "name": "racing",
-                  "seeds": {"min": 2, "max": 8, "margin": 0.01, "alpha": 0.05}}),
+                  "seeds": {"min": 2, "max": 8, "margin": 0.01, "alpha": 0.05,
+                            "futility": a.futility}}),
               "fixed8": C.write_space(work / "fixed8.yaml", {**base, "name": "fixed8",
                                                              "seeds": list(range(8))})}
     info = C.machine_info()
@@ -81,7 +85,7 @@ def main() -> int:
         agree &= ok
         rows.append([name, r.line(), f.line(), "yes" if ok else "NO"])
     print(C.fmt_table(["comparison", "racing", "fixed 8", "agree"], rows))
-    C.write_json(a.out, {"machine": info, "overrides": ov, "sides": res, "ratio": ratio,
+    C.write_json(a.out, {"machine": info, "overrides": ov, "futility": a.futility, "sides": res, "ratio": ratio,
                          "agree": agree, "decisions": {k: {n: d.line() for n, d in v.items()}
                                                        for k, v in dec.items()}})
     return 0 if ratio <= 0.6 and agree else 1

@@ -133,6 +133,10 @@ def test_grid_comparisons_and_racing_rules():
         search_space_from_dict({**grid, "sampler": "tpe", "num_samples": 4, "seeds": {"max": 4}}, "g.yaml")
     with pytest.raises(SearchSpaceError, match="g.yaml: seeds.min: must be an integer >= 2"):
         search_space_from_dict({**grid, "seeds": {"min": 1}}, "g.yaml")
+    assert space.racing.futility == 0.1  # on by default
+    assert search_space_from_dict({**grid, "seeds": {"max": 4, "futility": 0}}, "g.yaml").racing.futility == 0.0
+    with pytest.raises(SearchSpaceError, match=r"g.yaml: seeds.futility: must be a number in \[0, 1\)"):
+        search_space_from_dict({**grid, "seeds": {"max": 4, "futility": 1.5}}, "g.yaml")
     nobase = {**grid, "params": {"a.x": {"grid": [0.0, 1.0]}}, "seeds": {"max": 4}}
     with pytest.raises(SearchSpaceError, match="racing needs comparisons"):
         search_space_from_dict(nobase, "g.yaml")

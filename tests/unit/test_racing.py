@@ -7,21 +7,24 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from vldistill.platform.racing import Decision, decide, nominal_level, paired, race, seeds_to_decide, to_extend
+from vldistill.platform.racing import (Decision, chance_to_decide, decide, nominal_level, paired, race,
+                                      seeds_to_decide, to_extend)
 
 ALPHA = 0.05
 
 
-def _simulate(rng, effect: float, noise: float, margin: float, n_min=2, n_max=8) -> Decision:
-    """One race of one comparison (a config against the base), adding a seed per round."""
+def _simulate(rng, effect: float, noise: float, margin: float, n_min=2, n_max=8,
+              futility: float = 0.0) -> Decision:
+    """One race of one comparison (a config against the base), adding a seed per round
+    until it is decided, futile or at max."""
     comp = SimpleNamespace(name="x", weights={"x": 1.0, "base": -1.0}, note="")
     values: dict[str, dict[int, float]] = {"x": {}, "base": {}}
     for n in range(1, n_max + 1):
         d = rng.normal(effect, noise)  # the per-seed paired difference
         values["base"][n], values["x"][n] = 0.5, 0.5 + d
         if n >= n_min:
-            dec = race(values, [comp], n_min, n_max, margin, ALPHA)[0]
-            if dec.decision != "undecided" or n == n_max:
+            dec = race(values, [comp], n_min, n_max, margin, ALPHA, futility=futility)[0]
+            if dec.decision != "undecided" or dec.futile or n == n_max:
                 return dec
     raise AssertionError("unreachable")
 
@@ -43,6 +46,78 @@ def test_effects_of_twice_the_seed_noise_are_decided_by_max():
     assert right >= 0.80, right
     assert not any(d.decision == "worse" for d in decisions)
     assert statistics.mean(d.seeds for d in decisions) < 8  # some decided before the budget
+
+
+class _Path:
+    """A pre-drawn path of paired differences, handed out as ``_simulate``'s rng draws."""
+
+    def __init__(self, draws):
+        self.draws = iter(draws)
+
+    def normal(self, *_):
+        return next(self.draws)
+
+
+@pytest.mark.parametrize("margin", [0.01, 0.0])
+def test_futility_never_adds_a_wrong_decision(margin):
+    # The same 2,000 null paths raced with and without futility: stopping a race early can
+    # only remove a later wrong decision, never add one. (At margin 0 the procedure's error
+    # is alpha itself: 0.0508 over 5,000 paths without futility, 0.0490 with it.)
+    paths = np.random.default_rng(16).normal(0.0, 0.03, (2000, 8))
+    wrong = {}
+    for futility in (0.0, 0.1):
+        decisions = [_simulate(_Path(x), 0.0, 0.03, margin, futility=futility).decision for x in paths]
+        wrong[futility] = {i for i, d in enumerate(decisions) if d in ("better", "worse")}
+    assert wrong[0.1] <= wrong[0.0]
+    assert len(wrong[0.1]) / len(paths) <= ALPHA + 0.01
+
+
+def test_futility_keeps_the_power_and_stops_the_hopeless_races_early():
+    # Twice the seed noise: still decided by max in >= 80% of the races, with futility on.
+    rng = np.random.default_rng(17)
+    strong = [_simulate(rng, 0.06, 0.03, 0.01, futility=0.1) for _ in range(1000)]
+    assert sum(d.decision == "better" for d in strong) / len(strong) >= 0.80
+    # An effect 0.3 seed-sd beyond the margin (the default 2x2's vlprox): without futility
+    # nearly every race runs to max (7.8 seeds on average); with it, most stop at 4.
+    near = {}
+    for futility in (0.0, 0.1):
+        rng = np.random.default_rng(18)
+        near[futility] = [_simulate(rng, 0.01 + 0.3 * 0.016, 0.016, 0.01, futility=futility)
+                          for _ in range(1000)]
+    off, on = (statistics.mean(d.seeds for d in near[f]) for f in (0.0, 0.1))
+    assert off > 7.5 and on < 5.0, (off, on)
+    assert sum(d.futile for d in near[0.1]) >= 700
+    assert all(not d.futile for d in near[0.0])
+
+
+def test_chance_to_decide_by_hand():
+    # d = [0, 0.02, 0.04]: mean 0.02, sd 0.02, n 3 of N 8; margin 0.01, one look at 0.05.
+    # Final half-width t_7(0.975) 0.02/sqrt(8) = 2.3646 * 0.0070711 = 0.016721; the final mean
+    # is Normal(0.02, sd sqrt(5) 0.02/8 = 0.0055902): P(better) = Phi((0.02 - 0.01 - 0.016721)
+    # / 0.0055902) = Phi(-1.2023) = 0.1146; worse ~1e-17; equivalence impossible (hw > margin).
+    assert chance_to_decide([0.0, 0.02, 0.04], 0.01, 0.05, 8) == pytest.approx(0.1146, abs=1e-4)
+    assert chance_to_decide([0.0, -0.02, -0.04], 0.01, 0.05, 8) == pytest.approx(0.1146, abs=1e-4)
+    assert chance_to_decide([0.0, 0.001, -0.001], 0.01, 0.05, 8) == pytest.approx(1.0)  # equivalent
+    assert chance_to_decide([0.0, 0.02, 0.04], 0.01, 0.05, 3) == 1.0  # nothing left to project
+
+
+def test_a_futile_comparison_stops_asking_for_seeds_but_is_still_judged():
+    comps = [SimpleNamespace(name="x", weights={"base": 1.0, "no_x": -1.0}, note=""),
+             SimpleNamespace(name="y", weights={"base": 1.0, "no_y": -1.0}, note="")]
+    # x: +0.30 with little noise (decided); y: ~+0.013 +- 0.015 (0.2 sd beyond the margin).
+    values = {"base": {0: 0.60, 1: 0.61, 2: 0.62, 3: 0.60}, "no_x": {0: 0.30, 1: 0.31, 2: 0.32, 3: 0.30},
+              "no_y": {0: 0.60, 1: 0.58, 2: 0.61, 3: 0.59}}
+    three = race({k: {s: v[s] for s in range(3)} for k, v in values.items()}, comps, 2, 8, 0.01,
+                 futility=0.1)
+    assert three[1].decision == "undecided" and not three[1].futile  # judged from 4 seeds on
+    dec = race(values, comps, 2, 8, 0.01, futility=0.1)
+    assert [d.decision for d in dec] == ["better", "undecided"]
+    assert dec[1].futile and dec[1].chance < 0.1 and dec[1].seeds == 4
+    assert "stopped for futility" in dec[1].line() and dec[1].status == "undecided, stopped for futility"
+    assert to_extend(dec, comps, {"base": 4, "no_x": 4, "no_y": 4}, 8) == []
+    off = race(values, comps, 2, 8, 0.01)  # futility 0: y keeps asking
+    assert not off[1].futile and to_extend(off, comps, {"base": 4, "no_x": 4, "no_y": 4}, 8) == ["base", "no_y"]
+    assert [(d.estimate, d.low, d.high) for d in dec] == [(d.estimate, d.low, d.high) for d in off]
 
 
 def test_nominal_level_corrects_for_the_looks():
@@ -107,7 +182,7 @@ def test_optuna_records_the_mean_over_seeds_under_racing():
 
     space = search_space_from_dict({
         "name": "r", "metric": "novel_acc", "mode": "max", "scheduler": "none",
-        "seeds": {"min": 2, "max": 4, "margin": 0.01},
+        "seeds": {"min": 2, "max": 4, "margin": 0.01, "futility": 0.0},  # y races to max
         "design": {"type": "loco", "components": {"x": {"distill.weights.mse": 1.0},
                                                   "y": {"distill.weights.im_cst": 1.0}}}}, "r.yaml")
     noise = {0: 0.0, 1: 0.3, 2: -0.3, 3: 0.1}  # y: a zero effect under large seed noise

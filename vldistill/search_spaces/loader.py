@@ -56,7 +56,7 @@ SHIPPED_DIR = Path(__file__).resolve().parent
 TOP_KEYS = ("name", "description", "metric", "mode", "sampler", "sampler_seed", "scheduler",
             "num_samples", "seeds", "resources", "overrides", "params", "design", "teacher_resources")
 _REQUIRED = ("metric", "mode")
-_RACING_KEYS = ("min", "max", "margin", "alpha")
+_RACING_KEYS = ("min", "max", "margin", "alpha", "futility")
 _SPEC_KEYS = KINDS + ("baseline", "when")
 _SCHEDULER_KEYS = ("type", "max_t", "grace_period", "reduction_factor")
 _RESOURCE_KEYS = ("cpu", "gpu", "memory", "workers", "placement", "max_concurrent")
@@ -282,7 +282,10 @@ def _parse_racing(err: _Err, raw: dict) -> Racing:
         raise err("seeds.margin", f"must be a number >= 0 (metric units), got {margin!r}")
     if not _is_number(alpha) or not 0 < alpha < 1:
         raise err("seeds.alpha", f"must be a number in (0, 1), got {alpha!r}")
-    return Racing(min=lo, max=hi, margin=float(margin), alpha=float(alpha))
+    futility = raw.get("futility", 0.1)
+    if not _is_number(futility) or not 0 <= futility < 1:
+        raise err("seeds.futility", f"must be a number in [0, 1) (0: off), got {futility!r}")
+    return Racing(min=lo, max=hi, margin=float(margin), alpha=float(alpha), futility=float(futility))
 
 
 def _parse_seeds(err: _Err, raw: Any) -> tuple[int, ...]:

@@ -177,16 +177,25 @@ class Resources:
 
 @dataclass(frozen=True)
 class Racing:
-    """``seeds: {min, max, margin, alpha}``: seeds are added a round at a time, only to the
-    configurations of comparisons still undecided (``vldistill/platform/racing.py``)."""
+    """``seeds: {min, max, margin, alpha, futility}``: seeds are added a round at a time, only
+    to the configurations of comparisons still undecided and not futile (their chance of a
+    decision by ``max`` below ``futility``; 0 turns that off). ``vldistill/platform/racing.py``.
+
+    Decision: futility defaults to 0.1, on. A race exists to spend seeds where they decide; a
+    comparison whose observed effect lies a fraction of its seed noise from the margin would
+    otherwise hold every configuration it enters to ``max`` (the 2x2 ``default`` question:
+    vlprox, 0.3 sd from its margin, ~55 seeds to decide). It never changes a decision.
+    """
 
     min: int = 2
     max: int = 8
     margin: float = 0.01
     alpha: float = 0.05
+    futility: float = 0.1
 
     def to_dict(self) -> dict:
-        return {"min": self.min, "max": self.max, "margin": self.margin, "alpha": self.alpha}
+        return {"min": self.min, "max": self.max, "margin": self.margin, "alpha": self.alpha,
+                "futility": self.futility}
 
 
 DESIGN_PARAM = "design"  # the one Optuna parameter of a design space: the point's name

@@ -53,7 +53,8 @@ def comparison_decisions(space, done: pd.DataFrame, metric: str, mode: str) -> l
     lo, hi = (r.min, r.max) if r else (len(space.seeds), len(space.seeds))
     margin, alpha = (r.margin, r.alpha) if r else (DEFAULT_MARGIN, 0.05)
     values = _config_values(space, done, metric)
-    return racing.race(values, comps, lo, hi, margin, alpha, -1.0 if mode == "min" else 1.0)
+    return racing.race(values, comps, lo, hi, margin, alpha, -1.0 if mode == "min" else 1.0,
+                       r.futility if r else 0.0)
 
 
 def why_undecided(space, done: pd.DataFrame, metric: str, mode: str, decisions: list[racing.Decision],
@@ -132,7 +133,9 @@ def section_comparisons(sw, plots: Path) -> Section:
         return sec
     r = space.racing
     margin = r.margin if r else DEFAULT_MARGIN
-    how = (f"raced: seeds {r.min}-{r.max}, a seed per round to undecided comparisons" if r else
+    how = (f"raced: seeds {r.min}-{r.max}, a seed per round to undecided comparisons"
+           + (f" (stopped for futility below a {r.futility:.0%} chance of a decision by {r.max})"
+              if r.futility else "") if r else
            f"fixed {len(space.seeds)} seeds, one look")
     sec.text.append(
         f"`{metric}` ({mode}); {how}; margin ±{margin:g}; paired differences over shared seeds, "
@@ -150,8 +153,7 @@ def section_comparisons(sw, plots: Path) -> Section:
                         "noise, one look at alpha/m):")
         sec.text += [f"- {w}" for w in why]
     sec.tables.append(Table("decisions", "Comparisons", pd.DataFrame([{
-        "comparison": d.name, "decision": ("undecided at budget" if d.at_budget and
-                                           d.decision == "undecided" else d.decision),
+        "comparison": d.name, "decision": d.status,
         "effect": f"{d.estimate:+.4f}", "interval": f"[{d.low:+.4f}, {d.high:+.4f}]",
         "seeds": d.seeds, "what": d.note} for d in decisions])))
     path = plots / "effects.png"

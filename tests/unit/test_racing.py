@@ -206,6 +206,31 @@ def test_optuna_records_the_mean_over_seeds_under_racing():
     assert len(searcher._ot_study.trials) == 3
 
 
+def test_the_searcher_stops_handing_seeds_to_a_futile_comparison():
+    from vldistill.search_spaces import search_space_from_dict
+
+    space = search_space_from_dict({
+        "name": "r", "metric": "novel_acc", "mode": "max", "scheduler": "none",
+        "seeds": {"min": 2, "max": 8, "margin": 0.01},  # futility 0.1 by default
+        "design": {"type": "loco", "components": {"x": {"distill.weights.mse": 1.0},
+                                                  "y": {"distill.weights.im_cst": 1.0}}}}, "r.yaml")
+    noise = [0.0, 0.3, -0.3, 0.1, 0.2, -0.2, 0.0, 0.1]  # y: a zero effect under large seed noise
+
+    def value(cfg):
+        s = cfg["seed"]
+        return {"base": 0.6 + 0.0001 * s, "no_x": 0.3 + 0.0001 * s,
+                "no_y": 0.6 + noise[s]}[cfg["__design__"]]
+
+    searcher, taken = _drive(space, value)
+    seeds = {}
+    for cfg in taken:
+        seeds.setdefault(cfg["__design__"], []).append(cfg["seed"])
+    # y can no longer be decided by 8 seeds once it has 4: base and no_y stop there, not at 8.
+    assert {k: sorted(v) for k, v in seeds.items()} == {
+        "base": [0, 1, 2, 3], "no_x": [0, 1], "no_y": [0, 1, 2, 3]}
+    assert _recorded(searcher)["no_y"] == pytest.approx(statistics.mean(0.6 + noise[s] for s in range(4)))
+
+
 def test_optuna_records_the_mean_over_fixed_seeds():
     from vldistill.search_spaces import search_space_from_dict
 

@@ -81,6 +81,13 @@ def test_plan_of_the_shipped_default_counts_its_trials_by_seed(tmp_path):
     assert "4 configurations x 2 seeds [0, 1] = 8 trials of 10 epochs" in proc.stdout
 
 
+def test_plan_of_a_raced_space_gives_the_range_of_trials(tmp_path):
+    proc, status = _cli(tmp_path, "sweep", "--plan", "search_space=p1_loco")
+    assert status == {"rc": 0, "ray": False}, proc.stderr[-2000:]
+    assert ("6 configurations x 2-8 seeds, raced (margin 0.01, alpha 0.05, futility 0.1) = "
+            "12 to 48 trials of 10 epochs") in proc.stdout
+
+
 def test_plan_of_an_invalid_space_gives_the_sweeps_exit_2_error(tmp_path):
     space = tmp_path / "bad.yaml"
     space.write_text(GRID.replace("optim.lr:", "optim.lrr:"))

@@ -105,6 +105,12 @@ def _trials(space, base) -> list[str]:
     configs = space.trial_count() // len(space.seeds)
     sch = space.scheduler
     epochs = (sch.max_t or base.optim.epochs) if sch.type == "asha" else base.optim.epochs
+    r = space.racing
+    if r is not None:
+        return [f"trials: {configs} configurations x {r.min}-{r.max} seeds, raced (margin {r.margin:g}, "
+                f"alpha {r.alpha:g}, futility {r.futility:g}) = {configs * r.min} to {configs * r.max} "
+                f"trials of {epochs} epochs: seeds go a round at a time to the configurations of "
+                "undecided comparisons"]
     line = (f"trials: {configs} configurations x {len(space.seeds)} seeds {list(space.seeds)} = "
             f"{space.trial_count()} trials of {'up to ' if sch.type == 'asha' else ''}{epochs} epochs")
     if sch.type == "asha":

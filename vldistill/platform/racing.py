@@ -83,7 +83,8 @@ class Decision:
     def line(self) -> str:
         what = self.status
         if self.decision == "undecided" and self.futile and not self.at_budget:
-            what += f" ({self.chance:.0%} chance of a decision by max)"
+            chance = "<1%" if self.chance < 0.005 else f"{self.chance:.0%}"
+            what += f" ({chance} chance of a decision by max)"
         return (f"{self.name}: {what}, {self.estimate:+.4f} [{self.low:+.4f}, {self.high:+.4f}], "
                 f"{self.seeds} seeds")
 

@@ -14,10 +14,11 @@ told its outcome once all its seeds have finished:
 Whether a stop was early is read from the trial's own last result, so nothing has to be
 shared with the scheduler and the rule survives ``Tuner.restore`` unchanged.
 
-Racing (``seeds: {min, max, margin}``, docs/sweeps.md "Racing"): the searcher first hands
-out every configuration of the finite space with ``min`` seeds; when every trial handed out
-has finished, it replays the decisions (``platform/racing.py``) and queues one more seed for
-each configuration of a still-undecided comparison (below ``max``), or ends the race. Only
+Racing (``seeds: {min, max, margin, alpha, futility}``, docs/sweeps.md "Racing"): the
+searcher first hands out every configuration of the finite space with ``min`` seeds; when
+every trial handed out has finished, it replays the decisions (``platform/racing.py``) and
+queues one more seed for each configuration of a still-undecided comparison that is not
+futile (below ``max``), or ends the race. Only
 then is every Optuna trial told: COMPLETE with the mean over the seeds its configuration
 took (FAIL when none completed). While a round runs and nothing is queued, ``suggest``
 returns ``None`` (Tune asks again later); once the race is over, ``Searcher.FINISHED``.

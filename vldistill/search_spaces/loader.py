@@ -10,7 +10,7 @@ The schema (every top-level key; ``metric``, ``mode`` and ``params`` are require
     sampler_seed: 0
     scheduler: {type: asha, max_t: 20, grace_period: 4, reduction_factor: 2}   # or: none
     num_samples: 24                # configurations, each run once per seed (grid: default all)
-    seeds: [0, 1, 2]               # default [0]; or racing: {min: 2, max: 8, margin: 0.01}
+    seeds: [0, 1, 2]               # default [0]; or racing: {min: 2, max: 8, margin: 0.01, futility: 0.1}
     resources: {cpu: 1, gpu: 0, workers: 1}
     overrides: [experiment=smoke]  # Hydra overrides of every trial's base config
     params:                        # dotted TrainConfig paths, in suggestion order

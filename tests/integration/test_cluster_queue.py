@@ -38,18 +38,14 @@ params:
 """
 
 DRIVER = textwrap.dedent("""
-    import glob, json, logging, os, sys, threading, time
-    import ray
+    import glob, json, os, subprocess, sys, time
     from ray.cluster_utils import Cluster
-
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("vldistill").setLevel(logging.INFO)  # the driver's lines, as the CLI logs them
 
     space, out, info = sys.argv[1:4]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     nodes = {n.node_id: n for n in (cluster.add_node(num_cpus=1) for _ in range(2))}
     cluster.wait_for_nodes()
-    snapshots, removed, done = [], {}, threading.Event()
+    snapshots, removed, added = [], {}, []
 
     def rows(path):
         try:
@@ -57,8 +53,16 @@ DRIVER = textwrap.dedent("""
         except (OSError, ValueError):
             return []
 
-    def watch():
-        while not done.is_set():
+    # The sweep is a driver process joining the cluster, as a user's is. This process is the
+    # cluster's operator, and its *main* thread removes a node and adds the replacement: Ray's
+    # Node registers signal handlers, so a node added from another thread fails to start
+    # (the earlier version of this test did that: its watcher thread died there, and with it
+    # the snapshots).
+    sweep = subprocess.Popen([sys.executable, "-m", "vldistill.platform.cli", "sweep",
+                              f"search_space={space}", f"out_dir={out}", "--no-wandb"],
+                             env={**os.environ, "RAY_ADDRESS": cluster.address})
+    try:
+        while sweep.poll() is None:
             for f in sorted(glob.glob(os.path.join(out, "tune", "experiment_state-*.json")))[-1:]:
                 try:
                     state = json.load(open(f))
@@ -72,19 +76,15 @@ DRIVER = textwrap.dedent("""
                     if last.get("epoch", 0) >= 1 and last.get("nodes") in nodes:
                         removed.update(node=last["nodes"], trial=os.path.basename(os.path.dirname(res)))
                         cluster.remove_node(nodes[last["nodes"]], allow_graceful=False)
-                        cluster.add_node(num_cpus=1)  # the autoscaler's replacement
+                        added.append(cluster.add_node(num_cpus=1).node_id)  # the autoscaler's replacement
                         break
             time.sleep(0.1)
-
-    threading.Thread(target=watch, daemon=True).start()
-    try:
-        from vldistill.platform.sweep import run_sweep
-        run_sweep(space, [], out, address=cluster.address, wandb=False)
     finally:
-        done.set()
+        if sweep.poll() is None:
+            sweep.kill()
         with open(info, "w") as f:
-            json.dump({"snapshots": snapshots, "removed": removed, "workers": list(nodes)}, f)
-        ray.shutdown()
+            json.dump({"snapshots": snapshots, "removed": removed, "added": added,
+                       "workers": list(nodes), "sweep_rc": sweep.wait()}, f)
         cluster.shutdown()
 """)
 
@@ -97,7 +97,9 @@ def queue_run(ray_env, tmp_path_factory) -> dict:
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(space), str(out), str(info)], env=ray_env,
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0 and info.is_file(), proc.stdout[-3000:] + proc.stderr[-6000:]
-    return {"out": out, "info": json.loads(info.read_text()), "log": proc.stderr}
+    result = json.loads(info.read_text())
+    assert result["sweep_rc"] == 0, proc.stderr[-6000:]
+    return {"out": out, "info": result, "log": proc.stderr}
 
 
 def test_tune_queues_every_trial_not_yet_started(queue_run):
@@ -120,3 +122,4 @@ def test_a_removed_node_loses_no_trial_and_its_trial_resumes_elsewhere(queue_run
     assert [r["epoch"] for r in results] == [1, 2, 3]  # resumed from its checkpoint: no epoch twice
     assert results[0]["nodes"] == removed["node"] and results[-1]["nodes"] != removed["node"]
     assert results[-1]["pid"] != results[0]["pid"]
+    assert len(queue_run["info"]["added"]) == 1  # the replacement node joined

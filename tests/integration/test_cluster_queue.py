@@ -90,8 +90,8 @@ DRIVER = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def queue_run(ray_env, tmp_path_factory) -> dict:
-    work = tmp_path_factory.mktemp("queue")
+def queue_run(ray_env, module_dir) -> dict:
+    work = module_dir("queue")
     space, out, info = work / "space.yaml", work / "sweep", work / "info.json"
     space.write_text(SPACE)
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(space), str(out), str(info)], env=ray_env,

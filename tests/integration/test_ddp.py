@@ -45,9 +45,9 @@ def _rows(out: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def ddp_sweep(ray_env, tmp_path_factory) -> Path:
+def ddp_sweep(ray_env, module_dir) -> Path:
     """The uninterrupted two-worker trial (a one-trial sweep)."""
-    work = tmp_path_factory.mktemp("ddp")
+    work = module_dir("ddp")
     space, out = work / "ddp.yaml", work / "ddp"
     space.write_text(DDP_SPACE)
     proc = subprocess.run([sys.executable, "-m", "vldistill.platform.cli", "sweep", f"search_space={space}",

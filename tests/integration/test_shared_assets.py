@@ -75,8 +75,8 @@ DRIVER = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def cluster_run(ray_env, tmp_path_factory) -> dict:
-    work = tmp_path_factory.mktemp("shared-assets")
+def cluster_run(ray_env, module_dir) -> dict:
+    work = module_dir("shared-assets")
     out, cache, info = work / "sweep", work / "cache", work / "info.json"
     env = {**ray_env, "VLDISTILL_STORE_INLINE_MB": "0"}  # the image store by a Ray Data job, even this small one
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(out), str(cache), str(info), json.dumps(OVERRIDES)],

@@ -42,10 +42,10 @@ params:
 
 
 @pytest.fixture(scope="module")
-def sweeps(ray_env, tmp_path_factory) -> dict:
+def sweeps(ray_env, module_dir) -> dict:
     """Two sweeps of one space with W&B (offline); the first interrupted (Ctrl-C) after its
     first trial and resumed."""
-    root = tmp_path_factory.mktemp("tools")
+    root = module_dir("tools")
     space = root / "tools.yaml"
     space.write_text(SPACE)
     out = {"a": root / "a", "b": root / "b"}

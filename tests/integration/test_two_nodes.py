@@ -76,8 +76,8 @@ def _rows(sweep: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def two_node_run(ray_env, tmp_path_factory) -> dict:
-    work = tmp_path_factory.mktemp("two-nodes")
+def two_node_run(ray_env, module_dir) -> dict:
+    work = module_dir("two-nodes")
     storage = work / "shared"  # one path every node writes to (NFS/EFS on a real cluster)
     spaces = [work / "spread.yaml", work / "span.yaml"]
     spaces[0].write_text(SPREAD_SPACE)

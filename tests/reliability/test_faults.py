@@ -107,9 +107,9 @@ def test_killed_trial_process_resumes_from_its_checkpoint_with_uninterrupted_met
 
 
 @pytest.fixture(scope="module")
-def killed_driver_sweep(ray_env, reference_space, tmp_path_factory) -> dict:
+def killed_driver_sweep(ray_env, reference_space, module_dir) -> dict:
     """The reference space, its driver SIGKILLed right after the first row, then --resume."""
-    work = tmp_path_factory.mktemp("killed-driver")
+    work = module_dir("killed-driver")
     out, log = work / "sweep", work / "driver.log"
     env = {**ray_env, TAG_VAR: ray_env[TAG_VAR] + "-driver"}  # this sweep's own Ray processes
     try:

@@ -177,15 +177,15 @@ def _recorded(searcher) -> dict:
             for t in searcher._ot_study.trials}
 
 
-def test_optuna_records_the_mean_over_seeds_under_racing():
+def _loco_race(seeds: dict, noise: list[float]):
+    """Drive a LOCO race (x: a large effect; y: a zero effect under ``noise`` by seed) through
+    the searcher; returns the searcher, the seeds each point took, and the value function."""
     from vldistill.search_spaces import search_space_from_dict
 
     space = search_space_from_dict({
-        "name": "r", "metric": "novel_acc", "mode": "max", "scheduler": "none",
-        "seeds": {"min": 2, "max": 4, "margin": 0.01, "futility": 0.0},  # y races to max
+        "name": "r", "metric": "novel_acc", "mode": "max", "scheduler": "none", "seeds": seeds,
         "design": {"type": "loco", "components": {"x": {"distill.weights.mse": 1.0},
                                                   "y": {"distill.weights.im_cst": 1.0}}}}, "r.yaml")
-    noise = {0: 0.0, 1: 0.3, 2: -0.3, 3: 0.1}  # y: a zero effect under large seed noise
 
     def value(cfg):
         s = cfg["seed"]
@@ -193,41 +193,29 @@ def test_optuna_records_the_mean_over_seeds_under_racing():
                 "no_y": 0.6 + noise[s]}[cfg["__design__"]]
 
     searcher, taken = _drive(space, value)
-    seeds = {}
+    took: dict[str, list[int]] = {}
     for cfg in taken:
-        seeds.setdefault(cfg["__design__"], []).append(cfg["seed"])
-    # x is decided on 2 seeds; y stays undecided, so base and no_y race on to max.
-    assert {k: sorted(v) for k, v in seeds.items()} == {
-        "base": [0, 1, 2, 3], "no_x": [0, 1], "no_y": [0, 1, 2, 3]}
+        took.setdefault(cfg["__design__"], []).append(cfg["seed"])
+    return searcher, {k: sorted(v) for k, v in took.items()}, value, taken
+
+
+def test_optuna_records_the_mean_over_seeds_under_racing():
+    searcher, took, value, taken = _loco_race({"min": 2, "max": 4, "margin": 0.01, "futility": 0.0},
+                                              [0.0, 0.3, -0.3, 0.1])
+    # x is decided on 2 seeds; y stays undecided (futility off), so base and no_y race to max.
+    assert took == {"base": [0, 1, 2, 3], "no_x": [0, 1], "no_y": [0, 1, 2, 3]}
     assert taken[-1]["distill.weights.im_cst"] == 1.0 or taken[-1]["__design__"] == "base"
     expect = {name: statistics.mean(value({"__design__": name, "seed": s}) for s in ss)
-              for name, ss in seeds.items()}
+              for name, ss in took.items()}
     assert _recorded(searcher) == pytest.approx(expect)
     assert len(searcher._ot_study.trials) == 3
 
 
 def test_the_searcher_stops_handing_seeds_to_a_futile_comparison():
-    from vldistill.search_spaces import search_space_from_dict
-
-    space = search_space_from_dict({
-        "name": "r", "metric": "novel_acc", "mode": "max", "scheduler": "none",
-        "seeds": {"min": 2, "max": 8, "margin": 0.01},  # futility 0.1 by default
-        "design": {"type": "loco", "components": {"x": {"distill.weights.mse": 1.0},
-                                                  "y": {"distill.weights.im_cst": 1.0}}}}, "r.yaml")
-    noise = [0.0, 0.3, -0.3, 0.1, 0.2, -0.2, 0.0, 0.1]  # y: a zero effect under large seed noise
-
-    def value(cfg):
-        s = cfg["seed"]
-        return {"base": 0.6 + 0.0001 * s, "no_x": 0.3 + 0.0001 * s,
-                "no_y": 0.6 + noise[s]}[cfg["__design__"]]
-
-    searcher, taken = _drive(space, value)
-    seeds = {}
-    for cfg in taken:
-        seeds.setdefault(cfg["__design__"], []).append(cfg["seed"])
+    noise = [0.0, 0.3, -0.3, 0.1, 0.2, -0.2, 0.0, 0.1]
+    searcher, took, _, _ = _loco_race({"min": 2, "max": 8, "margin": 0.01}, noise)  # futility 0.1 by default
     # y can no longer be decided by 8 seeds once it has 4: base and no_y stop there, not at 8.
-    assert {k: sorted(v) for k, v in seeds.items()} == {
-        "base": [0, 1, 2, 3], "no_x": [0, 1], "no_y": [0, 1, 2, 3]}
+    assert took == {"base": [0, 1, 2, 3], "no_x": [0, 1], "no_y": [0, 1, 2, 3]}
     assert _recorded(searcher)["no_y"] == pytest.approx(statistics.mean(0.6 + noise[s] for s in range(4)))
 
 

@@ -133,10 +133,12 @@ def section_comparisons(sw, plots: Path) -> Section:
         return sec
     r = space.racing
     margin = r.margin if r else DEFAULT_MARGIN
-    how = (f"raced: seeds {r.min}-{r.max}, a seed per round to undecided comparisons"
-           + (f" (stopped for futility below a {r.futility:.0%} chance of a decision by {r.max})"
-              if r.futility else "") if r else
-           f"fixed {len(space.seeds)} seeds, one look")
+    if r is None:
+        how = f"fixed {len(space.seeds)} seeds, one look"
+    else:
+        how = f"raced: seeds {r.min}-{r.max}, a seed per round to undecided comparisons"
+        if r.futility:
+            how += f" (stopped for futility below a {r.futility:.0%} chance of a decision by {r.max})"
     sec.text.append(
         f"`{metric}` ({mode}); {how}; margin ±{margin:g}; paired differences over shared seeds, "
         f"t intervals corrected over the planned looks and by Holm across comparisons "

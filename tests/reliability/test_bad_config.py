@@ -306,7 +306,7 @@ params:
 # what the one error must name: param, value, rule).
 POINT_CASES = [
     pytest.param("  distill.weights.attn: {choice: [0.0, 1.0]}\n", "",
-                 ["params.distill.weights.attn", "value 1.0", "student.name", "resnet18", "ViT",
+                 ["params.distill.weights.attn", "value 1.0", "student.name", "test_resnet", "ViT",
                   "distill.weights.attn > 0"], id="token_loss_with_cnn_student"),
     pytest.param("  distill.text.source: {choice: [classname, wikipedia]}\n", "",
                  ["params.distill.text.source", "value 'wikipedia'", "unknown attribute source",

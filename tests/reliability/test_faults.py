@@ -229,7 +229,7 @@ params:
     # student.kwargs only timm can judge (the pre-launch check builds no model): the trial
     # fails with a ConfigError, and so does the sweep
     pytest.param(TRIAL_CONFIG_ERROR_SPACE, "1 of 1 trial(s) failed (1 ConfigError); a configuration error",
-                 "student.kwargs: {'bogus_kwarg': 1} rejected by timm model resnet18", id="config_error"),
+                 "student.kwargs: {'bogus_kwarg': 1} rejected by timm model test_resnet", id="config_error"),
 ])
 def test_sweep_with_failed_trials_exits_1_naming_why(space_text, reason, named, cli, tmp_path):
     space = tmp_path / "space.yaml"

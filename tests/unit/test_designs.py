@@ -137,6 +137,11 @@ def test_grid_comparisons_and_racing_rules():
     assert search_space_from_dict({**grid, "seeds": {"max": 4, "futility": 0}}, "g.yaml").racing.futility == 0.0
     with pytest.raises(SearchSpaceError, match=r"g.yaml: seeds.futility: must be a number in \[0, 1\)"):
         search_space_from_dict({**grid, "seeds": {"max": 4, "futility": 1.5}}, "g.yaml")
+    assert space.racing.variance == "pooled" and space.racing.to_dict()["variance"] == "pooled"
+    paired = search_space_from_dict({**grid, "seeds": {"max": 4, "variance": "paired"}}, "g.yaml")
+    assert paired.racing.variance == "paired"
+    with pytest.raises(SearchSpaceError, match=r"g.yaml: seeds.variance: must be pooled .* or paired .*got 'pool'"):
+        search_space_from_dict({**grid, "seeds": {"max": 4, "variance": "pool"}}, "g.yaml")
     nobase = {**grid, "params": {"a.x": {"grid": [0.0, 1.0]}}, "seeds": {"max": 4}}
     with pytest.raises(SearchSpaceError, match="racing needs comparisons"):
         search_space_from_dict(nobase, "g.yaml")

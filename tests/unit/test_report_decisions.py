@@ -92,3 +92,35 @@ def test_two_trials_of_one_architecture_get_one_latency(tmp_path):
     # another architecture: its own entry
     cached_latency(net(), 8, 30, {**student, "name": "tiny2"}, str(tmp_path))
     assert len(list((tmp_path / "latency").glob("*.json"))) == 2
+
+
+def test_a_factorial_on_two_fixed_seeds_decides_with_the_pooled_sd(tmp_path):
+    # The README's main job's shape: a 2x2 grid with baselines (the two main effects are its
+    # comparisons), fixed seeds [0, 1], one look.
+    space = search_space_from_dict({
+        "name": "f22", "metric": "novel_acc", "mode": "max", "sampler": "grid", "scheduler": "none",
+        "num_samples": 4, "seeds": [0, 1],
+        "params": {"distill.weights.im_cst": {"grid": [0.0, 1.0], "baseline": 0.0},
+                   "distill.weights.vlprox": {"grid": [0.0, 1.0], "baseline": 0.0}}}, "f.yaml")
+    (tmp_path / "search_space.yaml").write_text(yaml.safe_dump(space.to_dict(), sort_keys=False))
+    acc = {(0.0, 0.0): [0.50, 0.52], (1.0, 0.0): [0.56, 0.60], (0.0, 1.0): [0.51, 0.55], (1.0, 1.0): [0.58, 0.61]}
+    rows = []
+    for (im, vl), per_seed in acc.items():
+        for seed, value in enumerate(per_seed):
+            row = _row(len(rows), "x", seed, value, 7.76)
+            row.pop("design_point")
+            row["params"] = {"distill.weights.im_cst": im, "distill.weights.vlprox": vl}
+            rows.append(row)
+    (tmp_path / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    md = build_report(tmp_path)["report.md"].read_text()
+    assert "their seed-to-seed sd pooled over the 4 configurations' residual" in md
+    # Per seed: im_cst [0.065, 0.070], vlprox [0.015, 0.020], interaction [0.005, -0.010];
+    # their variances 1.25e-5, 1.25e-5, 1.125e-4 pool to 4.5833e-5 (3 df): sd 0.0067700.
+    # im_cst (Holm's first, alpha/2): 0.0675 +- t_3(0.9875) 4.1765 * 0.00677 / sqrt(2) = 0.0200
+    # -> better; vlprox (alpha): 0.0175 +- t_3(0.975) 3.1824 * 0.00677 / sqrt(2) = 0.0152
+    # -> [+0.0023, +0.0327], across the +0.01 margin: undecided. (Paired, each with 1 df and
+    # t 12.7 or 25.5, neither would be decided.)
+    assert "- im_cst: better, +0.0675 [+0.0475, +0.0875], 2 seeds" in md
+    assert "- vlprox: undecided at the budget, +0.0175 [+0.0023, +0.0327], 2 seeds" in md
+    assert ("why vlprox is undecided: at 2 seeds its interval is ±0.0152 (seed-to-seed sd 0.0068, "
+            "pooled over the 4 configurations' residual, 3 df)") in md

@@ -107,8 +107,12 @@ def _trials(space, base) -> list[str]:
     epochs = (sch.max_t or base.optim.epochs) if sch.type == "asha" else base.optim.epochs
     r = space.racing
     if r is not None:
+        from vldistill.platform.racing import pool_of
+        from vldistill.search_spaces.designs import space_comparisons
+
+        pooled = ", sd pooled over the factorial" if pool_of(space_comparisons(space), r.variance) else ""
         return [f"trials: {configs} configurations x {r.min}-{r.max} seeds, raced (margin {r.margin:g}, "
-                f"alpha {r.alpha:g}, futility {r.futility:g}) = {configs * r.min} to {configs * r.max} "
+                f"alpha {r.alpha:g}, futility {r.futility:g}{pooled}) = {configs * r.min} to {configs * r.max} "
                 f"trials of {epochs} epochs: seeds go a round at a time to the configurations of "
                 "undecided comparisons"]
     line = (f"trials: {configs} configurations x {len(space.seeds)} seeds {list(space.seeds)} = "

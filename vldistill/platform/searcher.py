@@ -145,7 +145,8 @@ class SeededOptunaSearch(OptunaSearch):
         r, space = self._racing, self._vl_space
         comps = space_comparisons(space)
         sign = -1.0 if space.modes[0] == "min" else 1.0
-        decisions = race(self.race_values(), comps, r.min, r.max, r.margin, r.alpha, sign, r.futility)
+        decisions = race(self.race_values(), comps, r.min, r.max, r.margin, r.alpha, sign, r.futility,
+                         r.variance)
         gid_of = {name: gid for gid, name in self._race["config"].items()}
         handed = {name: self._race["handed"].get(gid, 0) for name, gid in gid_of.items()}
         extend = to_extend(decisions, comps, handed, r.max)

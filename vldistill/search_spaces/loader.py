@@ -10,7 +10,7 @@ The schema (every top-level key; ``metric``, ``mode`` and ``params`` are require
     sampler_seed: 0
     scheduler: {type: asha, max_t: 20, grace_period: 4, reduction_factor: 2}   # or: none
     num_samples: 24                # configurations, each run once per seed (grid: default all)
-    seeds: [0, 1, 2]               # default [0]; or racing: {min: 2, max: 8, margin: 0.01, futility: 0.1}
+    seeds: [0, 1, 2]               # default [0]; or racing: {min: 2, max: 8, margin: 0.01, futility: 0.1, variance: pooled}
     resources: {cpu: 1, gpu: 0, workers: 1}
     overrides: [experiment=smoke]  # Hydra overrides of every trial's base config
     params:                        # dotted TrainConfig paths, in suggestion order
@@ -56,7 +56,7 @@ SHIPPED_DIR = Path(__file__).resolve().parent
 TOP_KEYS = ("name", "description", "metric", "mode", "sampler", "sampler_seed", "scheduler",
             "num_samples", "seeds", "resources", "overrides", "params", "design", "teacher_resources")
 _REQUIRED = ("metric", "mode")
-_RACING_KEYS = ("min", "max", "margin", "alpha", "futility")
+_RACING_KEYS = ("min", "max", "margin", "alpha", "futility", "variance")
 _SPEC_KEYS = KINDS + ("baseline", "when")
 _SCHEDULER_KEYS = ("type", "max_t", "grace_period", "reduction_factor")
 _RESOURCE_KEYS = ("cpu", "gpu", "memory", "workers", "placement", "max_concurrent")
@@ -285,7 +285,12 @@ def _parse_racing(err: _Err, raw: dict) -> Racing:
     futility = raw.get("futility", 0.1)
     if not _is_number(futility) or not 0 <= futility < 1:
         raise err("seeds.futility", f"must be a number in [0, 1) (0: off), got {futility!r}")
-    return Racing(min=lo, max=hi, margin=float(margin), alpha=float(alpha), futility=float(futility))
+    variance = raw.get("variance", "pooled")
+    if variance not in ("pooled", "paired"):
+        raise err("seeds.variance", f"must be pooled (a factorial's residual) or paired (each "
+                  f"comparison's own differences), got {variance!r}")
+    return Racing(min=lo, max=hi, margin=float(margin), alpha=float(alpha), futility=float(futility),
+                  variance=variance)
 
 
 def _parse_seeds(err: _Err, raw: Any) -> tuple[int, ...]:

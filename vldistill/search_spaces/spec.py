@@ -185,6 +185,13 @@ class Racing:
     comparison whose observed effect lies a fraction of its seed noise from the margin would
     otherwise hold every configuration it enters to ``max`` (the 2x2 ``default`` question:
     vlprox, 0.3 sd from its margin, ~55 seeds to decide). It never changes a decision.
+
+    Decision: ``variance`` defaults to ``pooled``: a factorial's comparisons take their
+    seed-to-seed sd from the configuration-by-seed residual of all its configurations
+    ((t-1)(n-1) degrees of freedom instead of n-1), the textbook analysis of a factorial
+    blocked by seed. At 2-4 seeds the t quantile of n-1 degrees of freedom is what keeps a
+    race from deciding (12.7 at 2 seeds). It assumes the contrasts share one variance;
+    ``paired`` drops that assumption (docs/report.md, Racing, has the measured cost of each).
     """
 
     min: int = 2
@@ -192,10 +199,11 @@ class Racing:
     margin: float = 0.01
     alpha: float = 0.05
     futility: float = 0.1
+    variance: str = "pooled"
 
     def to_dict(self) -> dict:
         return {"min": self.min, "max": self.max, "margin": self.margin, "alpha": self.alpha,
-                "futility": self.futility}
+                "futility": self.futility, "variance": self.variance}
 
 
 DESIGN_PARAM = "design"  # the one Optuna parameter of a design space: the point's name

@@ -24,7 +24,7 @@ COLOURS = {"better": "#2f855a", "worse": "#c53030", "equivalent": "#2b6cb0", "un
 DEFAULT_MARGIN = 0.01
 
 
-def _config_values(space, done: pd.DataFrame, metric: str) -> dict[str, dict[int, float]]:
+def config_values(space, done: pd.DataFrame, metric: str) -> dict[str, dict[int, float]]:
     """``{config name: {seed: metric}}`` of the completed trials."""
     from vldistill.search_spaces.designs import config_key, space_points
 
@@ -52,9 +52,9 @@ def comparison_decisions(space, done: pd.DataFrame, metric: str, mode: str) -> l
     r = space.racing
     lo, hi = (r.min, r.max) if r else (len(space.seeds), len(space.seeds))
     margin, alpha = (r.margin, r.alpha) if r else (DEFAULT_MARGIN, 0.05)
-    values = _config_values(space, done, metric)
+    values = config_values(space, done, metric)
     return racing.race(values, comps, lo, hi, margin, alpha, -1.0 if mode == "min" else 1.0,
-                       r.futility if r else 0.0)
+                       r.futility if r else 0.0, r.variance if r else "pooled")
 
 
 def why_undecided(space, done: pd.DataFrame, metric: str, mode: str, decisions: list[racing.Decision],
@@ -65,19 +65,21 @@ def why_undecided(space, done: pd.DataFrame, metric: str, mode: str, decisions: 
     from vldistill.search_spaces.designs import space_comparisons
 
     comps = {c.name: c for c in space_comparisons(space)}
-    values = _config_values(space, done, metric)
+    values = config_values(space, done, metric)
     level = alpha / max(len(decisions), 1)
+    pool = racing.pool_of(comps.values(), space.racing.variance if space.racing else "pooled")
     out = []
     for d in decisions:
         if d.decision != "undecided" or d.name not in comps:
             continue
-        x = list(racing.paired(values, comps[d.name].weights, -1.0 if mode == "min" else 1.0).values())[:d.seeds]
-        if len(x) < 2:
-            out.append(f"why {d.name} is undecided: {len(x)} shared seed(s), no interval yet.")
+        x = racing.spread(values, comps[d.name].weights, d.seeds, -1.0 if mode == "min" else 1.0, pool)
+        if x.n < 2:
+            out.append(f"why {d.name} is undecided: {x.n} shared seed(s), no interval yet.")
             continue
-        sd = float(pd.Series(x).std(ddof=1))
-        line = (f"why {d.name} is undecided: at {len(x)} seeds its interval is ±{(d.high - d.low) / 2:.4f} "
-                f"(seed-to-seed sd of the paired difference {sd:.4f}); ")
+        sd = x.sd
+        what = (f"seed-to-seed sd {sd:.4f}, pooled over the {len(pool)} configurations' residual, "
+                f"{x.df} df" if pool else f"seed-to-seed sd of the paired difference {sd:.4f}")
+        line = f"why {d.name} is undecided: at {x.n} seeds its interval is ±{(d.high - d.low) / 2:.4f} ({what}); "
         n, verdict = racing.seeds_to_decide(x, margin, level)
         gap = abs(abs(d.estimate) - margin)  # how far the mean lies from the margin
         gap_sd = gap / sd if sd > 0 else 0.0
@@ -139,9 +141,15 @@ def section_comparisons(sw, plots: Path) -> Section:
         how = f"raced: seeds {r.min}-{r.max}, a seed per round to undecided comparisons"
         if r.futility:
             how += f" (stopped for futility below a {r.futility:.0%} chance of a decision by {r.max})"
+    from vldistill.search_spaces.designs import space_comparisons
+
+    pool = racing.pool_of(space_comparisons(space), r.variance if r else "pooled")
+    sd = (f"their seed-to-seed sd pooled over the {len(pool)} configurations' residual "
+          f"(seeds as blocks; `seeds.variance: paired` uses each comparison's own)" if pool
+          else "each comparison's seed-to-seed sd from its own differences")
     sec.text.append(
         f"`{metric}` ({mode}); {how}; margin ±{margin:g}; paired differences over shared seeds, "
-        f"t intervals corrected over the planned looks and by Holm across comparisons "
+        f"{sd}; t intervals corrected over the planned looks and by Holm across comparisons "
         f"(alpha {r.alpha if r else 0.05:g}; docs/report.md, Racing). Positive = better.")
     design = space.design
     if design is not None and design.defining_relation:

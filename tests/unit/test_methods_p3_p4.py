@@ -59,8 +59,12 @@ P4 = ["distill=distillvlm", "teacher.embedded.model=vldistill-vit-tiny", "teache
 
 
 def test_p4_trains_a_vit_student_on_tokens_and_resumes_with_the_loss_state(smoke_overrides, tmp_path):
-    cfg = load_train_config([*smoke_overrides, *P4, "optim.epochs=2"])
-    assert cfg.student.name.startswith("vit_tiny") and cfg.teacher.embedded.model == "vldistill-vit-tiny"
+    assert load_train_config([*smoke_overrides, *P4]).student.name.startswith("vit_tiny")  # as shipped
+    # timm's test_vit (embed 64, 6 blocks: 0.3M parameters) instead of vit_tiny (5.5M, 12
+    # blocks): the same token losses at a fraction of the time.
+    cfg = load_train_config([*smoke_overrides, *P4, "optim.epochs=2", "student.name=test_vit",
+                             "distill.tokens.student_layers=[2,5]"])
+    assert cfg.teacher.embedded.model == "vldistill-vit-tiny"
     rep = LogReporter()
     full = train(cfg, rep, tmp_path / "a")
     for row in rep.history:

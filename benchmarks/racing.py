@@ -19,10 +19,12 @@ One race is one draw: which seeds come first decides when it stops. So the fixed
 32 measured values are also raced again offline (no training: :func:`replay`), in
 ``--orders`` random orders of its 8 seeds, with pooled and with paired variance: the mean
 trials, the share of orders within 60% of fixed-8, and the share whose decisions agree with
-fixed-8's. The JSON (``--out``) keeps every trial's value for later replays.
+fixed-8's. The JSON (``--out``) keeps every trial's value for later replays: ``--replay
+JSON`` races a stored run's fixed-8 values again with this checkout's code, no training.
 
     python benchmarks/racing.py [--space default] [--epochs 10] [--futility 0.1] [--variance pooled]
                                 [--orders 200] [--cache-dir DIR] [overrides ...]
+    python benchmarks/racing.py --replay benchmarks/data/racing-2026-12-07.json
 
 ``--epochs`` below the default space's 10 makes it cheaper (say so when quoting numbers).
 """
@@ -84,6 +86,49 @@ def replay(values: dict, comps: list, r: dict, order: list[int]) -> tuple[int, d
             held[c] += 1
 
 
+def replay_orders(values: dict, comps: list, racing: dict, fixed: dict, n_orders: int) -> dict:
+    """Race fixed-8's ``values`` again in ``n_orders`` random orders of its seeds, pooled and
+    paired (the rest of ``racing`` as given); print and return mean trials, the share of
+    orders within 60% of fixed-8's trials and the share agreeing with ``fixed``'s decisions."""
+    n_fixed = sum(len(v) for v in values.values())
+    rng = random.Random(0)
+    seeds = sorted(next(iter(values.values())))
+    orders = [rng.sample(seeds, len(seeds)) for _ in range(n_orders)]
+    out, rows = {}, []
+    for variance in ("pooled", "paired"):
+        runs = [replay(values, comps, {**racing, "variance": variance}, o) for o in orders]
+        ok = [all(f == "undecided" or d[n] in (f, "undecided") for n, f in fixed.items()) for _, d in runs]
+        trials = [t for t, _ in runs]
+        out[variance] = {"mean_trials": statistics.mean(trials),
+                         "share_within_60": sum(t <= 0.6 * n_fixed for t in trials) / len(trials),
+                         "share_agree": sum(ok) / len(ok)}
+        rows.append([variance, f"{out[variance]['mean_trials']:.1f}",
+                     f"{out[variance]['mean_trials'] / n_fixed:.2f}",
+                     f"{out[variance]['share_within_60']:.0%}", f"{out[variance]['share_agree']:.0%}"])
+    print(f"fixed-8's values raced again in {n_orders} random seed orders (futility {racing['futility']}):")
+    print(C.fmt_table(["variance", "mean trials", "of fixed-8", "orders <= 60%", "orders agreeing"], rows))
+    return out
+
+
+def replay_file(path: str, space: str, racing: dict, n_orders: int) -> int:
+    """``--replay``: race a stored run's fixed-8 values again with this checkout's racing code
+    (no training): how a change to the method moves the saving on the same measurements."""
+    import json
+
+    from vldistill.platform.racing import race
+    from vldistill.search_spaces import load_search_space
+    from vldistill.search_spaces.designs import space_comparisons
+
+    data = json.loads(Path(path).read_text())
+    values = {c: {int(s): v for s, v in by_seed.items()} for c, by_seed in data["values"]["fixed8"].items()}
+    comps = space_comparisons(load_search_space(space))
+    n = len(next(iter(values.values())))
+    fixed = {d.name: d.decision for d in race(values, comps, n, n, racing["margin"], racing["alpha"])}
+    print(f"[racing] replaying {path}: fixed-{n} decisions {fixed}")
+    out = replay_orders(values, comps, racing, fixed, n_orders)
+    return 0 if out["pooled"]["share_agree"] == 1.0 else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--space", default="default",
@@ -98,8 +143,14 @@ def main() -> int:
     ap.add_argument("--work", default=None, help="default /tmp/bench-racing-<time>")
     ap.add_argument("--cache-dir", default="/tmp/vlcache-default")
     ap.add_argument("--out", default="/tmp/bench-racing.json")
+    ap.add_argument("--replay", metavar="JSON", default=None,
+                    help="no sweeps: race a stored run's fixed-8 values (its --out JSON) again in --orders orders")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every trial (both sides)")
     a = ap.parse_args()
+    racing = {"min": 2, "max": 8, "margin": 0.01, "alpha": 0.05, "futility": a.futility,
+              "variance": a.variance}
+    if a.replay:
+        return replay_file(a.replay, a.space, racing, a.orders)
     from vldistill.search_spaces import load_search_space
 
     base = load_search_space(a.space).to_dict()
@@ -107,8 +158,6 @@ def main() -> int:
     work = Path(a.work or f"/tmp/bench-racing-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     ov = [f"cache_dir={Path(a.cache_dir).resolve()}", f"optim.epochs={a.epochs}",
           f"eval.every={a.epochs}", "progress=false", *a.overrides]
-    racing = {"min": 2, "max": 8, "margin": 0.01, "alpha": 0.05, "futility": a.futility,
-              "variance": a.variance}
     spaces = {"racing": C.write_space(work / "racing.yaml", {**base, "name": "racing", "seeds": racing}),
               "fixed8": C.write_space(work / "fixed8.yaml", {**base, "name": "fixed8",
                                                              "seeds": list(range(8))})}
@@ -133,22 +182,8 @@ def main() -> int:
         rows.append([name, r.line(), f.line(), "yes" if ok else "NO"])
     print(C.fmt_table(["comparison", "racing", "fixed 8", "agree"], rows))
     values = _values(work / "fixed8")
-    comps = _comparisons(work / "fixed8")
     fixed = {n: d.decision for n, d in dec["fixed8"].items()}
-    rng = random.Random(0)
-    orders = [rng.sample(sorted(next(iter(values.values()))), 8) for _ in range(a.orders)]
-    replays, rows = {}, []
-    for variance in ("pooled", "paired"):
-        runs = [replay(values, comps, {**racing, "variance": variance}, o) for o in orders]
-        ok = [all(f == "undecided" or d[n] in (f, "undecided") for n, f in fixed.items()) for _, d in runs]
-        trials = [t for t, _ in runs]
-        replays[variance] = {"mean_trials": statistics.mean(trials), "share_within_60": sum(
-            t <= 0.6 * res["fixed8"]["trials"] for t in trials) / len(trials), "share_agree": sum(ok) / len(ok)}
-        rows.append([variance, f"{replays[variance]['mean_trials']:.1f}",
-                     f"{replays[variance]['mean_trials'] / res['fixed8']['trials']:.2f}",
-                     f"{replays[variance]['share_within_60']:.0%}", f"{replays[variance]['share_agree']:.0%}"])
-    print(f"fixed-8's values raced again in {a.orders} random seed orders (futility {a.futility}):")
-    print(C.fmt_table(["variance", "mean trials", "of fixed-8", "orders <= 60%", "orders agreeing"], rows))
+    replays = replay_orders(values, _comparisons(work / "fixed8"), racing, fixed, a.orders)
     C.write_json(a.out, {"machine": info, "overrides": ov, "racing": racing, "sides": res, "ratio": ratio,
                          "agree": agree, "decisions": {k: {n: d.line() for n, d in v.items()}
                                                        for k, v in dec.items()},

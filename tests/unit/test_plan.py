@@ -75,10 +75,11 @@ def test_plan_of_a_grid_prints_every_configuration_and_the_trial_count_writes_no
     assert _tree(tmp_path) == before, "--plan wrote files"
 
 
-def test_plan_of_the_shipped_default_counts_its_trials_by_seed(tmp_path):
+def test_plan_of_the_shipped_default_counts_its_raced_trials(tmp_path):
     proc, status = _cli(tmp_path, "sweep", "--plan", "search_space=default")
     assert status == {"rc": 0, "ray": False}, proc.stderr[-2000:]
-    assert "4 configurations x 2 seeds [0, 1] = 8 trials of 10 epochs" in proc.stdout
+    assert ("4 configurations x 2-4 seeds, raced (margin 0.01, alpha 0.05, futility 0.1, sd pooled "
+            "over the factorial) = 8 to 16 trials of 10 epochs") in proc.stdout
 
 
 def test_plan_of_a_raced_space_gives_the_range_of_trials(tmp_path):

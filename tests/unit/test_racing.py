@@ -110,7 +110,7 @@ def test_a_futile_comparison_stops_asking_for_seeds_but_is_still_judged():
               "no_y": {0: 0.60, 1: 0.58, 2: 0.61, 3: 0.59}}
     three = race({k: {s: v[s] for s in range(3)} for k, v in values.items()}, comps, 2, 8, 0.01,
                  futility=0.1)
-    assert three[1].decision == "undecided" and not three[1].futile  # judged from 4 seeds on
+    assert three[1].decision == "undecided" and not three[1].futile  # paired: judged from 4 seeds on
     dec = race(values, comps, 2, 8, 0.01, futility=0.1)
     assert [d.decision for d in dec] == ["better", "undecided"]
     assert dec[1].futile and dec[1].chance < 0.1 and dec[1].seeds == 4
@@ -203,7 +203,7 @@ def test_null_factorial_races_rarely_decide_better_or_worse():
 
 def test_pooling_decides_more_factorial_races_with_fewer_trials():
     # im_cst's main effect at twice the seed noise, vlprox none, margin 0.01, futility 0.1:
-    # better by max in 0.796 of the races pooled, 0.522 paired; 21.3 trials against 22.8.
+    # better by max in 0.784 of the races pooled, 0.522 paired; 20.1 trials against 22.8.
     out = {}
     for variance in ("pooled", "paired"):
         rng = np.random.default_rng(20)
@@ -213,6 +213,54 @@ def test_pooling_decides_more_factorial_races_with_fewer_trials():
     assert power["pooled"] >= 0.75 and power["pooled"] - power["paired"] >= 0.15, power
     assert trials["pooled"] < trials["paired"], trials
     assert not any(dec[0].decision == "worse" for r in out.values() for dec, _ in r)
+
+
+# The README main job's novel_acc at seeds 0 and 1 (docs/example-report/trials.csv, 2026-12-07):
+# (1) = cls, a = + im_cst, b = + vlprox, ab = both.
+MAIN_JOB = {"(1)": [0.43111, 0.45481], "a": [0.47426, 0.50500], "b": [0.41667, 0.44630],
+            "ab": [0.49611, 0.56593]}
+
+
+def test_a_pooled_2x2_stops_a_hopeless_comparison_at_2_seeds_and_only_that():
+    values = {c: dict(enumerate(v)) for c, v in MAIN_JOB.items()}
+    comps = FACTORIAL.comparisons
+    # The default space (max 4): im_cst +0.0731 [+0.0131, +0.1331] is decided; vlprox +0.0150
+    # sits 0.3 sd beyond the margin: a 0.15% chance of a decision by 4 seeds, below a tenth of
+    # futility (0.01) though the pooled sd has 3 df at 2 seeds: nobody gets a third seed.
+    dec = race(values, comps, 2, 4, 0.01, futility=0.1)
+    assert [d.decision for d in dec] == ["better", "undecided"]
+    assert dec[0].low == pytest.approx(0.0131, abs=1e-4) and dec[1].futile
+    assert dec[1].chance == pytest.approx(0.00153, abs=1e-5) and dec[1].seeds == 2
+    assert to_extend(dec, comps, {c: 2 for c in values}, 4) == []
+    # Max 8: a 2.0% chance, below futility (0.1) but not below its tenth: a mean of 2 seeds is
+    # not enough to give up on that, so all four configurations get a third seed.
+    eight = race(values, comps, 2, 8, 0.01, futility=0.1)
+    assert eight[1].chance == pytest.approx(0.01975, abs=1e-4) and not eight[1].futile
+    assert to_extend(eight, comps, {c: 2 for c in values}, 8) == ["(1)", "a", "b", "ab"]
+    # Paired: 1 degree of freedom at 2 seeds -- futility is not judged before 4.
+    alone = race(values, comps, 2, 4, 0.01, futility=0.1, variance="paired")
+    assert [(d.chance, d.futile) for d in alone] == [(None, False), (None, False)]
+
+
+def test_early_futility_saves_factorial_trials_for_little_power(monkeypatch):
+    # 1,000 2x2 races, min 2, max 8, futility 0.1: judged from 2 seeds at a tenth of the
+    # threshold (the rule) against judged from 4 seeds only (EARLY_FUTILITY = 0). im_cst at
+    # twice the noise: better by max in 0.780 against 0.794, 20.0 trials against 21.1; no
+    # effect at all: 10.9 trials against 16.3.
+    import vldistill.platform.racing as racing
+
+    out = {}
+    for early in (0.1, 0.0):
+        monkeypatch.setattr(racing, "EARLY_FUTILITY", early)
+        rng = np.random.default_rng(20)
+        strong = [_race_2x2(rng, 0.032, 0.016, 0.01, "pooled") for _ in range(1000)]
+        rng = np.random.default_rng(19)
+        null = [_race_2x2(rng, 0.0, 0.016, 0.01, "pooled")[1] for _ in range(1000)]
+        out[early] = (sum(d[0].decision == "better" for d, _ in strong) / 1000,
+                      statistics.mean(t for _, t in strong), statistics.mean(null))
+    (p_on, t_on, n_on), (p_off, t_off, n_off) = out[0.1], out[0.0]
+    assert p_on >= 0.75 and p_off - p_on <= 0.02, out
+    assert t_on < t_off and n_on < n_off - 4, out
 
 
 def test_pooling_is_optimistic_when_one_factors_effect_varies_over_seeds():

@@ -94,7 +94,8 @@ def test_shipped_space_details():
     smoke = load_search_space("smoke")
     assert smoke.overrides == ("experiment=smoke",) and smoke.trial_count() == 2
     default = load_search_space("default")
-    assert default.sampler == "grid" and default.trial_count() == 8
+    assert default.sampler == "grid" and default.trial_count() == 16  # at most: raced, 2-4 seeds
+    assert (default.racing.min, default.racing.max, default.racing.variance) == (2, 4, "pooled")
     p1 = load_search_space("p1_losses")
     assert p1.scheduler.type == "asha" and p1.scheduler.max_t == 20
     assert p1.params["distill.vlprox.k"].when == {"distill.weights.vlprox": 1.0}

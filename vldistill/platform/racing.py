@@ -35,10 +35,12 @@ The method (docs/report.md, "Racing"):
 - *Decision:* better when the interval is above ``+margin``, worse when below ``-margin``,
   equivalent when inside ``+-margin``; undecided otherwise, and "undecided at budget" once
   its configurations hold ``max`` seeds.
-- *Futility* (``seeds.futility``, default 0.1): an undecided comparison with at least 4
-  shared seeds stops *asking* for seeds when its chance of a decision at ``max`` seeds,
-  if its effect and seed-to-seed sd are what it shows so far (conditional power under the
-  current trend, :func:`chance_to_decide`), is below ``futility``. It only changes which
+- *Futility* (``seeds.futility``, default 0.1): an undecided comparison whose sd has at
+  least 3 degrees of freedom (4 shared seeds paired; 2 in a pooled 2x2) stops *asking* for
+  seeds when its chance of a decision at ``max`` seeds, if its effect and seed-to-seed sd
+  are what it shows so far (conditional power under the current trend,
+  :func:`chance_to_decide`), is below ``futility`` -- below a tenth of it while the trend
+  rests on fewer than 4 seeds (a mean of 2-3 seeds is too noisy to give up on more). It only changes which
   configurations get the next seed, never how a comparison is decided: it is evaluated
   again whenever its configurations get seeds for another comparison, and the error
   control above holds unchanged (stopping early only removes looks). Without it, one
@@ -59,11 +61,18 @@ from scipy import stats
 PATHS = 20_000  # simulated null paths per (min, max)
 DECISIONS = ("better", "worse", "equivalent", "undecided")
 VARIANCES = ("pooled", "paired")
-# Futility is judged from 4 shared seeds on: from 3 (an sd with 2 degrees of freedom) it cost
-# 5 points of power at effects of twice the seed noise (0.898 -> 0.850), from 4 it costs 2
-# (0.879), and still ends races near the margin after ~4.3 seeds instead of ~7.8 (seeded
-# simulations, 1,000 races each, min 2, max 8, futility 0.1; tests/unit/test_racing.py).
-FUTILITY_MIN_SEEDS = 4
+# Futility is judged once the sd has 3 degrees of freedom. Paired, that is 4 seeds: from 3
+# (2 df) it cost 5 points of power at effects of twice the seed noise (0.898 -> 0.850), from
+# 4 it costs 2 (0.879), and still ends races near the margin after ~4.3 seeds instead of ~7.8
+# (seeded simulations, 1,000 races each, min 2, max 8, futility 0.1). A pooled 2x2 has 3 df
+# at 2 seeds, but its trend is then a mean of 2 seeds: judged there at the full threshold it
+# cost 7 points of power (0.794 -> 0.722, effect twice the noise, max 8); at a tenth of it
+# below 4 seeds, 1.4 points (0.780), and the trials fall from 21.1 to 20.0 on average there,
+# from 16.3 to 10.9 with no effect, from 16 to 13.1 at max 4 (1,000 races each;
+# tests/unit/test_racing.py).
+FUTILITY_MIN_DF = 3
+FUTILITY_MIN_SEEDS = 4  # below it: the threshold is futility * EARLY_FUTILITY
+EARLY_FUTILITY = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,8 +271,9 @@ def race(values: Mapping[str, Mapping[int, float]], comparisons: Iterable, n_min
         values: ``{config: {seed: metric}}`` of the finished trials.
         comparisons: objects with ``name``, ``weights`` (config -> weight) and ``note``.
         sign: -1 for a ``min`` metric (positive = better).
-        futility: mark an undecided comparison (4+ seeds, below max) ``futile`` when its
-            :func:`chance_to_decide` at its last look's level is below this (0: never).
+        futility: mark an undecided comparison (below max, its sd with 3+ degrees of
+            freedom) ``futile`` when its :func:`chance_to_decide` at its last look's level is
+            below this -- a tenth of this below 4 seeds (0: never).
         variance: ``pooled`` (the residual of a factorial's configurations, where
             :func:`pool_of` finds one) or ``paired`` (each comparison's own differences).
     """
@@ -295,9 +305,11 @@ def race(values: Mapping[str, Mapping[int, float]], comparisons: Iterable, n_min
             out[c.name] = Decision(c.name, "undecided", m, -math.inf, math.inf, len(d),
                                    getattr(c, "note", ""))
     for name, dec in out.items():
-        if dec.decision == "undecided" and name in levels and FUTILITY_MIN_SEEDS <= dec.seeds < n_max:
+        if (dec.decision == "undecided" and name in levels and dec.seeds < n_max
+                and spreads[name].df >= FUTILITY_MIN_DF):
             chance = chance_to_decide(spreads[name], margin, levels[name], n_max)
-            out[name] = dataclasses.replace(dec, chance=chance, futile=chance < futility)
+            bar = futility if dec.seeds >= FUTILITY_MIN_SEEDS else futility * EARLY_FUTILITY
+            out[name] = dataclasses.replace(dec, chance=chance, futile=chance < bar)
     return [out[c.name] for c in comps]
 
 

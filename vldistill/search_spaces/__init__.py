@@ -16,10 +16,9 @@ resources and Hydra overrides; see :mod:`~vldistill.search_spaces.loader` for th
   and the comparisons a space defines (what the report and the race decide).
 - ``get_dotted``/``set_dotted``/``flatten``/``unflatten`` (re-exported from ``trainers/config/dotted.py``).
 
-Shipped: ``smoke``, ``default``, ``p1_losses``, ``p1_loco``, ``students``. TODO (owned by the methods
-issue): ``attribute_sources``, ``prompt_diversification``, ``dime_fm`` and ``distillvlm``
-ship once their config keys (attribute sources, prompt strategies, P2/P4 loss settings)
-exist in ``trainers/config/schema.py``; the validator rejects spaces naming keys that do not.
+Shipped (``vldistill spaces`` lists them with their questions): ``smoke``, ``default``,
+``p1_losses``, ``p1_loco``, ``students``, ``attribute_sources``, ``prompt_diversification``,
+``dime_fm``, ``distillvlm``; the validator rejects spaces naming keys the config lacks.
 
 Nothing here imports ray (only the sweep driver under ``platform/`` does).
 """

@@ -179,7 +179,8 @@ class Resources:
 class Racing:
     """``seeds: {min, max, margin, alpha, futility}``: seeds are added a round at a time, only
     to the configurations of comparisons still undecided and not futile (their chance of a
-    decision by ``max`` below ``futility``; 0 turns that off). ``vldistill/platform/racing.py``.
+    decision by ``max`` below ``futility``, a tenth of it below 4 seeds; 0 turns that off).
+    ``vldistill/platform/racing.py``.
 
     Decision: futility defaults to 0.1, on. A race exists to spend seeds where they decide; a
     comparison whose observed effect lies a fraction of its seed noise from the margin would

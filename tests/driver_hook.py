@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-ROW_LOGGED = "[%d/%d] trial"  # the format of platform/sweep.py RowWriter's log line
+from vldistill.platform.sweep import ROW_LOG as ROW_LOGGED  # RowWriter's line per trial row
 
 
 class _OnFirstRow(logging.Handler):
@@ -30,7 +30,7 @@ class _OnFirstRow(logging.Handler):
         self.action, self.arg, self.fired = action, arg, False
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.fired or not str(record.msg).startswith(ROW_LOGGED):
+        if self.fired or record.msg != ROW_LOGGED:
             return
         self.fired = True
         if self.action == "signal":

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 TUNE_DIR = "tune"
 ROWS = "trials.jsonl"
+# RowWriter's line per finished trial: [done/total] (total "<=16" for a race) trial id status
+# (seed; params) metrics. tests/driver_hook.py keys on it.
+ROW_LOG = "[%d/%s] trial %s %s (seed %s; %s) %s"
 RESERVED = ("epoch", "epochs")
 
 
@@ -235,7 +238,7 @@ def _callbacks_module():
     class RowWriter(tune.Callback):
         """Appends one JSON row per finished trial to ``trials.jsonl`` (last row wins)."""
 
-        def __init__(self, sweep_dir: str, params: list[str], resources: dict, total: int,
+        def __init__(self, sweep_dir: str, params: list[str], resources: dict, total: int | str,
                      remote_uri: str | None = None):
             self.sweep_dir, self.params, self.resources, self.total = sweep_dir, params, resources, total
             self.remote_uri = remote_uri  # the URI only: credentials stay in each node's environment
@@ -256,7 +259,7 @@ def _callbacks_module():
             shown = ", ".join(f"{k}={trial.config.get(k)}" for k in self.params)
             acc = " ".join(f"{k}={metrics[k]:.3f}" for k in ("base_acc", "novel_acc", "shift_acc")
                            if k in metrics)
-            log.info("[%d/%d] trial %s %s (seed %s; %s) %s", self.done, self.total, trial.trial_id,
+            log.info(ROW_LOG, self.done, self.total, trial.trial_id,
                      status, trial.config.get("seed"), shown, error or acc)
 
         def _has_row(self, trial) -> bool:
@@ -810,11 +813,13 @@ def _new_tuner(space, base, sweep_dir: Path, trainable, storage_path: str, wandb
     total = space.trial_count()
     row_params = list(space.params) or (space.design.keys if space.design is not None else [])
     r = space.resources
+    # a race stops when its comparisons are settled: its trial count is a ceiling ("<=16")
+    shown = f"<={total}" if space.racing is not None else total
     callbacks = [_callbacks_module()(str(sweep_dir), row_params, {"cpu": r.cpu, "gpu": r.gpu, "workers": r.workers},
-                                     total, remote_uri)]
+                                     shown, remote_uri)]
     callbacks += _wandb_callback(sweep_dir, space.name, wandb)
     depth, why = queue_depth(space, ray.cluster_resources())
-    log.info("%d trial(s): up to %d started or queued at once (%s); %d fit the cluster now", total, depth,
+    log.info("%s trial(s): up to %d started or queued at once (%s); %d fit the cluster now", shown, depth,
              why, _concurrency(r, ray.cluster_resources()))
     return tune.Tuner(
         trainable, param_space=_constants(space, base, storage_path, flatten),

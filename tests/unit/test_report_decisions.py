@@ -43,7 +43,7 @@ def test_decisions_head_the_report(tmp_path):
     first = md.index("## ")
     assert md[first:].startswith("## Decisions")
     assert ("raced: seeds 2-4, a seed per round to undecided comparisons (stopped for futility "
-            "below a 10% chance of a decision by 4)") in md
+            "below a 10% chance of a decision by 4; 1% before 4 seeds)") in md
     assert "- mse: better, +0.3000 [" in md and ", 2 seeds" in md
     assert "- im_cst: undecided at the budget, " in md and "4 seeds" in md
     assert "plots/effects.png" in md and (tmp_path / "plots" / "effects.png").is_file()

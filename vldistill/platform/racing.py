@@ -40,10 +40,10 @@ The method (docs/report.md, "Racing"):
   seeds when its chance of a decision at ``max`` seeds, if its effect and seed-to-seed sd
   are what it shows so far (conditional power under the current trend,
   :func:`chance_to_decide`), is below ``futility`` -- below a tenth of it while the trend
-  rests on fewer than 4 seeds (a mean of 2-3 seeds is too noisy to give up on more). It only changes which
-  configurations get the next seed, never how a comparison is decided: it is evaluated
-  again whenever its configurations get seeds for another comparison, and the error
-  control above holds unchanged (stopping early only removes looks). Without it, one
+  rests on fewer than 4 seeds (a mean of 2-3 seeds is too noisy to give up on more). It
+  only changes which configurations get the next seed, never how a comparison is decided:
+  it is evaluated again whenever its configurations get seeds for another comparison, and
+  the error control above holds unchanged (stopping early only removes looks). Without it, one
   comparison near its margin keeps every configuration it enters running to ``max``: in
   the 2x2 ``default`` question, all four.
 """

@@ -140,7 +140,9 @@ def section_comparisons(sw, plots: Path) -> Section:
     else:
         how = f"raced: seeds {r.min}-{r.max}, a seed per round to undecided comparisons"
         if r.futility:
-            how += f" (stopped for futility below a {r.futility:.0%} chance of a decision by {r.max})"
+            early = r.futility * racing.EARLY_FUTILITY
+            how += (f" (stopped for futility below a {r.futility:.0%} chance of a decision by {r.max}; "
+                    f"{early:.0%} before {racing.FUTILITY_MIN_SEEDS} seeds)")
     from vldistill.search_spaces.designs import space_comparisons
 
     pool = racing.pool_of(space_comparisons(space), r.variance if r else "pooled")
